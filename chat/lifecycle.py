@@ -1,0 +1,58 @@
+"""Worker start-up and upkeep: close replies a dead process left open, and keep our own marked alive."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.utils import timezone
+
+from chat import pricing, streaming
+from chat.models import Message, Status
+
+logger = logging.getLogger(__name__)
+_upkeep_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+
+
+def interrupted_after() -> timedelta:
+    return timedelta(seconds=settings.CHAT_INTERRUPTED_AFTER)
+
+
+def on_worker_start() -> None:
+    """Runs once when the ASGI application is imported, before the server accepts connections."""
+    pricing.warm_up()
+    try:
+        swept = Message.sweep_interrupted(older_than=interrupted_after())
+    except DatabaseError:
+        # A first deploy can start the web process before `release: migrate` has run.
+        logger.warning("start-up sweep skipped: the database is not ready")
+        return
+    if swept:
+        logger.info("marked %d replies left streaming by a stopped worker as interrupted", swept)
+
+
+def ensure_upkeep() -> None:
+    """Start this loop's upkeep task once; called from the stream view, where a loop is running."""
+    loop = asyncio.get_running_loop()
+    task = _upkeep_tasks.get(loop)
+    if task is None or task.done():
+        _upkeep_tasks[loop] = loop.create_task(upkeep(), name="streamchat-upkeep")
+
+
+async def upkeep() -> None:
+    # Renewing more often than the sweep threshold means a live reply in a quiet stretch (a model
+    # thinking for a minute) is never mistaken for an orphan by another worker's sweep.
+    interval = max(settings.CHAT_INTERRUPTED_AFTER / 3, 0.5)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            if ids := streaming.live_ids():
+                await Message.objects.filter(pk__in=ids, status=Status.STREAMING).aupdate(checkpoint_at=timezone.now())
+            swept = await Message.asweep_interrupted(older_than=interrupted_after(), keep=ids)
+            if swept:
+                logger.info("marked %d orphaned replies as interrupted", swept)
+        except DatabaseError:
+            logger.exception("upkeep failed; will try again")

@@ -1,0 +1,109 @@
+"""The provider contract: typed events every adapter yields, the one error type, and the registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    role: str  # "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts as stored: input_tokens counts every prompt token, cache reads and writes included.
+    A field is None when the provider did not report it."""
+
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    source: str = "provider"
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ThinkingDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class UsageUpdate:
+    """The provider's latest totals; each one replaces the previous (providers report cumulatively)."""
+
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    reason: str  # the provider's raw value: end_turn, max_tokens, stop, length, ...
+
+
+@dataclass(frozen=True, slots=True)
+class StreamError:
+    """An error the provider sent inside a stream that had started with 200."""
+
+    message: str
+    retryable: bool = False
+
+
+Event = TextDelta | ThinkingDelta | UsageUpdate | Stop | StreamError
+
+
+class ProviderError(Exception):
+    """Anything that ends a provider call early: HTTP status, transport, protocol or timeout."""
+
+    def __init__(
+        self, message: str, *, retryable: bool = False, retry_after: float | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect: float = 10.0
+    idle: float = 60.0  # seconds without a byte from upstream
+
+
+class Provider(ABC):
+    """One upstream wire format. Knows HTTP and JSON, nothing of Django."""
+
+    name: str = ""
+
+    @abstractmethod
+    def stream(
+        self, *, model: str, messages: Sequence[Turn], system: str = "", max_tokens: int = 4096
+    ) -> AsyncIterator[Event]:
+        """Yield events until the reply's final event; raise ProviderError when it cannot get there."""
+
+
+def build_provider(
+    name: str, *, api_key: str = "", base_url: str = "", timeouts: Timeouts, **options: object
+) -> Provider:
+    """Instantiate the adapter for `name`; imports are local so an unused adapter costs nothing."""
+    if name == "openai":
+        from .openai import OpenAIProvider
+
+        return OpenAIProvider(api_key=api_key, base_url=base_url, timeouts=timeouts)
+    if name == "anthropic":
+        from .anthropic import AnthropicProvider
+
+        return AnthropicProvider(api_key=api_key, base_url=base_url, timeouts=timeouts)
+    if name == "demo":
+        from .demo import DemoProvider
+
+        return DemoProvider(interval=float(options.get("interval", 0.03)))  # type: ignore[arg-type]
+    raise ValueError(f"unknown provider {name!r}")

@@ -1,0 +1,140 @@
+"""The process's shared HTTP client and the SSE request every adapter makes through it."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from httpx_sse import EventSource, ServerSentEvent, SSEError
+
+from . import ProviderError, Timeouts
+
+# One client per event loop: a pooled client is bound to the loop that created it, and a worker
+# process runs exactly one loop, so in production this is one client per process.
+_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+_client_options = {"transport": "aiohttp", "max_connections": 2000}
+
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+_SECRET_PATTERN = re.compile(r"(sk-|sk_|key-)[A-Za-z0-9_\-*]{4,}")
+
+
+def configure_client(*, transport: str, max_connections: int) -> None:
+    _client_options.update(transport=transport, max_connections=max_connections)
+
+
+def shared_client() -> httpx.AsyncClient:
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        for stale in [other for other in _clients if other.is_closed()]:
+            del _clients[stale]
+        client = _clients[loop] = _new_client()
+    return client
+
+
+def _new_client() -> httpx.AsyncClient:
+    # The pool must be at least as large as the concurrency: a smaller pool queues a request for
+    # the whole length of another reply.
+    limits = httpx.Limits(max_connections=int(_client_options["max_connections"]), max_keepalive_connections=100)
+    if _client_options["transport"] == "aiohttp":
+        from httpx_aiohttp import HttpxAiohttpClient
+
+        return HttpxAiohttpClient(limits=limits, trust_env=False)
+    return httpx.AsyncClient(limits=limits, trust_env=False)
+
+
+@asynccontextmanager
+async def open_sse(
+    *, url: str, payload: dict[str, Any], headers: dict[str, str], timeouts: Timeouts
+) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+    """POST and yield the response's SSE events; every failure becomes a ProviderError."""
+    timeout = httpx.Timeout(connect=timeouts.connect, read=timeouts.idle, write=timeouts.connect, pool=timeouts.connect)
+    headers = {**headers, "accept": "text/event-stream", "content-type": "application/json"}
+    try:
+        async with shared_client().stream(
+            "POST", url, content=json.dumps(payload), headers=headers, timeout=timeout
+        ) as response:
+            if response.status_code >= 400:
+                raise await _status_error(response)
+            yield EventSource(response).aiter_sse()
+    except httpx.TimeoutException as exc:
+        if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+            raise ProviderError("Could not connect to the model provider (timed out).", retryable=True) from exc
+        raise ProviderError(
+            f"The model sent nothing for {timeouts.idle:g} seconds, so the reply was stopped (timeout)."
+        ) from exc
+    except httpx.ConnectError as exc:
+        raise ProviderError("Could not connect to the model provider.", retryable=True) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        raise ProviderError(LOST, retryable=True) from exc
+    except SSEError as exc:
+        raise ProviderError(f"The model provider answered with something other than a stream: {exc}") from exc
+    except httpx.HTTPError as exc:
+        raise ProviderError(f"Request to the model provider failed: {type(exc).__name__}.", retryable=True) from exc
+
+
+LOST = "The connection to the model was lost before the reply was complete."
+
+
+async def _status_error(response: httpx.Response) -> ProviderError:
+    body = (await response.aread())[:4000]
+    status = response.status_code
+    detail = _error_detail(body) or response.reason_phrase or "no details"
+    prefix = {
+        401: "The API key was rejected",
+        403: "Access to this model was refused",
+        404: "The model or endpoint was not found",
+        413: "The conversation is too long for this model",
+        429: "The provider is rate-limiting requests",
+        529: "The provider is overloaded",
+    }.get(status, "The model provider returned an error" if status < 500 else "The model provider had a server error")
+    return ProviderError(
+        redact(f"{prefix} (HTTP {status}): {detail}"),
+        retryable=status in RETRYABLE_STATUSES,
+        retry_after=retry_after_seconds(response.headers),
+        status=status,
+    )
+
+
+def _error_detail(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:300]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("type") or "")
+    if isinstance(error, str):
+        return error
+    return str(data.get("message", "")) if isinstance(data, dict) else ""
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    if value := headers.get("retry-after-ms"):
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def redact(text: str) -> str:
+    """Keys can appear in provider error messages; they must never reach the browser or the logs."""
+    return _SECRET_PATTERN.sub(lambda m: m.group(1) + "…", text)

@@ -1,0 +1,118 @@
+"""OpenAI Chat Completions streaming, and every server that speaks it (Ollama, vLLM, llama.cpp, OpenRouter)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from . import (
+    Event,
+    Provider,
+    ProviderError,
+    Stop,
+    StreamError,
+    TextDelta,
+    ThinkingDelta,
+    Timeouts,
+    Turn,
+    Usage,
+    UsageUpdate,
+)
+from .http import LOST, open_sse, redact
+
+OFFICIAL_BASE_URL = "https://api.openai.com/v1"
+# In-band error types that say "try again" rather than "this request is wrong".
+NON_RETRYABLE_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error", "permission_error"})
+
+
+class OpenAIProvider(Provider):
+    name = "openai"
+
+    def __init__(self, *, api_key: str, base_url: str, timeouts: Timeouts) -> None:
+        self.api_key = api_key
+        self.base_url = (base_url or OFFICIAL_BASE_URL).rstrip("/")
+        self.timeouts = timeouts
+
+    def request_payload(self, *, model: str, messages: Sequence[Turn], system: str, max_tokens: int) -> dict[str, Any]:
+        turns = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": turn.role, "content": turn.content} for turn in messages
+        ]
+        # OpenAI's reasoning models reject max_tokens; compatible servers mostly know only max_tokens.
+        limit_key = "max_completion_tokens" if self.base_url == OFFICIAL_BASE_URL else "max_tokens"
+        return {
+            "model": model,
+            "messages": turns,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            limit_key: max_tokens,
+        }
+
+    async def stream(
+        self, *, model: str, messages: Sequence[Turn], system: str = "", max_tokens: int = 4096
+    ) -> AsyncIterator[Event]:
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        payload = self.request_payload(model=model, messages=messages, system=system, max_tokens=max_tokens)
+        async with open_sse(
+            url=f"{self.base_url}/chat/completions", payload=payload, headers=headers, timeouts=self.timeouts
+        ) as events:
+            async for sse in events:
+                if sse.data == "[DONE]":
+                    return
+                if not sse.data:
+                    continue
+                try:
+                    chunk = json.loads(sse.data)
+                except ValueError as exc:
+                    raise ProviderError("The model sent a malformed event; the reply was stopped.") from exc
+                for event in parse_chunk(chunk):
+                    yield event
+        raise ProviderError(LOST, retryable=True)
+
+
+def parse_chunk(chunk: Any) -> list[Event]:
+    if not isinstance(chunk, dict):
+        return []
+    if chunk.get("error"):
+        error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
+        return [
+            StreamError(
+                message=redact(
+                    f"The model reported an error: {error.get('message') or error.get('type') or 'unknown'}"
+                ),
+                retryable=error.get("type") not in NON_RETRYABLE_ERROR_TYPES,
+            )
+        ]
+    events: list[Event] = []
+    for choice in chunk.get("choices") or []:
+        if choice.get("index", 0) != 0:
+            continue  # we ask for one choice; ignore others rather than interleave them
+        delta = choice.get("delta") or {}
+        # DeepSeek and vLLM send `reasoning_content`, OpenRouter and Ollama `reasoning`.
+        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+        if isinstance(reasoning, str) and reasoning:
+            events.append(ThinkingDelta(reasoning))
+        if isinstance(delta.get("content"), str) and delta["content"]:
+            events.append(TextDelta(delta["content"]))
+        # Tool-call deltas (`delta.tool_calls`) are not shown; we never offer tools, so they are ignored.
+        if choice.get("finish_reason"):
+            events.append(Stop(str(choice["finish_reason"])))
+    if isinstance(chunk.get("usage"), dict):
+        events.append(UsageUpdate(usage_from(chunk["usage"])))
+    return events
+
+
+def usage_from(raw: dict[str, Any]) -> Usage:
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    completion_details = raw.get("completion_tokens_details") or {}
+    return Usage(
+        input_tokens=_int(raw.get("prompt_tokens")),  # cached tokens are a part of this already
+        output_tokens=_int(raw.get("completion_tokens")),
+        cache_read_tokens=_int(prompt_details.get("cached_tokens")),
+        cache_write_tokens=None,  # OpenAI does not report cache writes
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+    )
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and value >= 0 else None

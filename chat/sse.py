@@ -1,0 +1,37 @@
+"""Encodes OUR events for the browser's EventSource: `id:`, `event:` and `data:` lines."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from django.http import StreamingHttpResponse
+
+HEADERS = {
+    "Cache-Control": "no-cache",
+    # nginx and several PaaS routers buffer responses unless told not to.
+    "X-Accel-Buffering": "no",
+}
+
+
+def event(name: str, data: str, *, id: int | str) -> str:
+    # A data line cannot contain a newline: each line of the payload becomes its own `data:` line,
+    # and the browser joins them back with "\n".
+    lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    body = "".join(f"data: {line}\n" for line in lines)
+    return f"id: {id}\nevent: {name}\n{body}\n"
+
+
+def comment(text: str) -> str:
+    """A comment line: ignored by EventSource, but it flushes headers and keeps idle routers from cutting us."""
+    return f": {text}\n\n"
+
+
+def retry(milliseconds: int) -> str:
+    return f"retry: {milliseconds}\n\n"
+
+
+def response(events: AsyncIterator[str]) -> StreamingHttpResponse:
+    resp = StreamingHttpResponse(events, content_type="text/event-stream; charset=utf-8")
+    for name, value in HEADERS.items():
+        resp[name] = value
+    return resp

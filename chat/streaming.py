@@ -1,0 +1,237 @@
+"""The generation: runs one reply from provider events to its finished row, and feeds whoever watches it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+from django.conf import settings
+
+from chat import catalog, pricing
+from chat.models import Message, Status, UsageSource
+from chat.providers import (
+    Event,
+    ProviderError,
+    Stop,
+    StreamError,
+    TextDelta,
+    ThinkingDelta,
+    Usage,
+    UsageUpdate,
+)
+
+logger = logging.getLogger(__name__)
+
+TEXT, THINKING = 0, 1
+STOPPED_BY_USER = "stopped"
+NOBODY_WATCHING = "unwatched"
+SHUTTING_DOWN = "shutdown"
+
+
+class Generation:
+    """One reply being written, owned by the process that claimed it.
+
+    Deltas are kept as an append-only list of parts; a watcher remembers how many parts it has
+    sent, so it can never miss or repeat one, and several deltas that arrive while it is busy
+    go out together in one write.
+    """
+
+    def __init__(self, reply: Message) -> None:
+        self.reply = reply
+        self.parts: list[str] = []
+        self.kinds = bytearray()
+        self.notice = ""
+        self.watchers: set[asyncio.Event] = set()
+        self.finished = False
+        self.task: asyncio.Task[None] | None = None
+        self.stop_reason_requested = ""
+        self.usage: Usage | None = None
+        self.stop_reason = ""
+        self.prompt_chars = 0
+        self.started = time.monotonic()
+        self.first_token_at: float | None = None
+
+    @property
+    def version(self) -> int:
+        return len(self.parts)
+
+    def text(self, kind: int = TEXT, *, start: int = 0, end: int | None = None) -> str:
+        parts, kinds = self.parts, self.kinds
+        return "".join(parts[i] for i in range(start, len(parts) if end is None else end) if kinds[i] == kind)
+
+    def stop(self, reason: str) -> None:
+        """Cancel the upstream request now; the reply is stored as cancelled with what it has."""
+        if self.task and not self.task.done() and not self.stop_reason_requested:
+            self.stop_reason_requested = reason
+            self.task.cancel()
+
+    def _wake(self) -> None:
+        for waker in self.watchers:
+            waker.set()
+
+    def _publish(self, kind: int, text: str) -> None:
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        self.parts.append(text)
+        self.kinds.append(kind)
+        self._wake()
+
+    def _announce(self, notice: str) -> None:
+        self.notice = notice
+        self._wake()
+
+    async def run(self) -> None:
+        status, error = Status.COMPLETED, ""
+        try:
+            async with asyncio.timeout(settings.CHAT_MAX_DURATION):
+                await self._generate()
+        except ProviderError as exc:
+            status, error = Status.FAILED, exc.message
+        except TimeoutError:
+            status = Status.FAILED
+            error = f"The reply took longer than {settings.CHAT_MAX_DURATION:g} seconds and was stopped (timeout)."
+        except asyncio.CancelledError:
+            # Stop, a browser that left, or the worker shutting down: all close the upstream request
+            # (the cancellation unwound it) and keep what was written.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            status = Status.INTERRUPTED if self.stop_reason_requested == SHUTTING_DOWN else Status.CANCELLED
+        except Exception:
+            logger.exception("reply %s failed unexpectedly", self.reply.pk)
+            status, error = Status.FAILED, "Something went wrong on our side while writing this reply."
+        # Shielded: a second cancellation (a worker shutting down) must not lose the final write.
+        await asyncio.shield(self._finish(status=status, error=error))
+
+    async def _generate(self) -> None:
+        reply = self.reply
+        turns, system = await reply.aprompt()
+        self.prompt_chars = sum(len(turn.content) for turn in turns) + len(system)
+        provider = catalog.provider_named(reply.provider)
+        for attempt in range(settings.CHAT_MAX_RETRIES + 1):
+            try:
+                events = provider.stream(
+                    model=reply.model, messages=turns, system=system, max_tokens=settings.CHAT_MAX_TOKENS
+                )
+                await self._consume(events)
+                return
+            except ProviderError as exc:
+                # Retrying after the first token would show the user a second, different reply.
+                if not exc.retryable or self.parts or attempt == settings.CHAT_MAX_RETRIES:
+                    raise
+                delay = backoff_delay(attempt, exc.retry_after)
+                self._announce(f"{exc.message} Retrying in {delay:.0f} s…")
+                await asyncio.sleep(delay)
+                self._announce("")
+
+    async def _consume(self, events: AsyncIterator[Event]) -> None:
+        checkpoint_every = settings.CHAT_CHECKPOINT_SECONDS
+        next_checkpoint = time.monotonic() + checkpoint_every
+        async with aclosing(events):
+            async for event in events:
+                kind = type(event)
+                if kind is TextDelta:
+                    self._publish(TEXT, event.text)  # type: ignore[union-attr]
+                elif kind is ThinkingDelta:
+                    self._publish(THINKING, event.text)  # type: ignore[union-attr]
+                elif kind is UsageUpdate:
+                    self.usage = event.usage  # type: ignore[union-attr]
+                    continue
+                elif kind is Stop:
+                    self.stop_reason = event.reason  # type: ignore[union-attr]
+                    continue
+                elif kind is StreamError:
+                    raise ProviderError(event.message, retryable=event.retryable)  # type: ignore[union-attr]
+                # Bounded persistence: at most one write a second however fast tokens arrive.
+                if time.monotonic() >= next_checkpoint:
+                    await self.reply.acheckpoint(content=self.text(TEXT), thinking=self.text(THINKING))
+                    next_checkpoint = time.monotonic() + checkpoint_every
+
+    async def _finish(self, *, status: Status, error: str) -> None:
+        content, thinking = self.text(TEXT), self.text(THINKING)
+        usage = self.final_usage(content=content, thinking=thinking)
+        now = time.monotonic()
+        try:
+            await self.reply.afinish(
+                status=status,
+                content=content,
+                thinking=thinking,
+                stop_reason=self.stop_reason,
+                usage=usage,
+                cost=pricing.cost_of(provider=self.reply.provider, model=self.reply.model, usage=usage),
+                error=error,
+                ttft_ms=None if self.first_token_at is None else round((self.first_token_at - self.started) * 1000),
+                duration_ms=round((now - self.started) * 1000),
+            )
+        except Exception:
+            # The row stays `streaming` and the sweep will close it as interrupted with its checkpoint.
+            logger.exception("could not store the end of reply %s", self.reply.pk)
+        finally:
+            self.finished = True
+            _live.pop(self.reply.pk, None)
+            self._wake()
+
+    def final_usage(self, *, content: str, thinking: str) -> Usage:
+        reported = self.usage or Usage(source=UsageSource.UNKNOWN)
+        if reported.output_tokens is not None:
+            return reported
+        if not content and not thinking:
+            # Nothing was generated (a refused or failed request): keep only what the provider said.
+            return reported if reported.input_tokens is not None else Usage(source=UsageSource.UNKNOWN)
+        # Text was generated (and billed) but the provider never sent its count, e.g. after Stop.
+        return Usage(
+            input_tokens=reported.input_tokens
+            if reported.input_tokens is not None
+            else pricing.estimate_tokens(chars=self.prompt_chars),
+            output_tokens=pricing.estimate_tokens(chars=len(content) + len(thinking)),
+            cache_read_tokens=reported.cache_read_tokens,
+            cache_write_tokens=reported.cache_write_tokens,
+            source=UsageSource.ESTIMATED,
+        )
+
+
+def backoff_delay(attempt: int, retry_after: float | None) -> float:
+    """Exponential backoff, or the provider's own retry-after, never longer than the configured cap."""
+    wanted = retry_after if retry_after is not None else settings.CHAT_RETRY_BASE_DELAY * (2**attempt)
+    return min(max(wanted, 0.0), settings.CHAT_RETRY_MAX_DELAY)
+
+
+# The replies this process is generating, by message id.
+_live: dict[int, Generation] = {}
+
+
+def live(reply_id: int) -> Generation | None:
+    return _live.get(reply_id)
+
+
+def live_ids() -> list[int]:
+    return list(_live)
+
+
+async def start_or_join(reply: Message) -> Generation | None:
+    """The live generation for this reply, starting it if the reply is still queued.
+
+    The claim is a conditional UPDATE, so of two concurrent requests exactly one starts the
+    upstream call. None means another process owns the reply (or it has just finished).
+    """
+    if generation := _live.get(reply.pk):
+        return generation
+    if reply.status == Status.QUEUED and await reply.aclaim():
+        generation = _live[reply.pk] = Generation(reply)
+        generation.task = asyncio.create_task(generation.run(), name=f"reply-{reply.pk}")
+        return generation
+    return _live.get(reply.pk)
+
+
+def stop_all(reason: str) -> None:
+    for generation in list(_live.values()):
+        generation.stop(reason)
+
+
+async def request_stop(reply: Message) -> None:
+    """Stop pressed: cancel the live generation here, or close a reply that never started."""
+    if generation := _live.get(reply.pk):
+        generation.stop(STOPPED_BY_USER)
+    elif reply.status == Status.QUEUED:
+        await reply.afinish(status=Status.CANCELLED, content="")
