@@ -65,13 +65,14 @@ async def open_sse(
                 raise await _status_error(response)
             yield EventSource(response).aiter_sse()
     except httpx.TimeoutException as exc:
+        # httpx-aiohttp reports a refused connection as ConnectTimeout, so the two read the same.
         if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
-            raise ProviderError("Could not connect to the model provider (timed out).", retryable=True) from exc
+            raise ProviderError(CONNECT_FAILED, retryable=True) from exc
         raise ProviderError(
             f"The model sent nothing for {timeouts.idle:g} seconds, so the reply was stopped (timeout)."
         ) from exc
     except httpx.ConnectError as exc:
-        raise ProviderError("Could not connect to the model provider.", retryable=True) from exc
+        raise ProviderError(CONNECT_FAILED, retryable=True) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
         raise ProviderError(LOST, retryable=True) from exc
     except SSEError as exc:
@@ -80,6 +81,7 @@ async def open_sse(
         raise ProviderError(f"Request to the model provider failed: {type(exc).__name__}.", retryable=True) from exc
 
 
+CONNECT_FAILED = "Could not connect to the model provider."
 LOST = "The connection to the model was lost before the reply was complete."
 
 

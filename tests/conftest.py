@@ -1,0 +1,300 @@
+"""Fixtures: the loopback provider simulator, a live daphne server on the test database, and a chat client."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from django.db import connection
+from django.test import Client
+
+from chat.models import Conversation, Message
+from tests.fake_upstream import FakeUpstream
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = "openai:gpt-4o-mini,anthropic:claude-sonnet-4-5,demo:demo,openai:local-llama"
+# Short limits so every failure path runs in seconds; each test that needs others starts its own server.
+SERVER_ENV = {
+    "CHAT_MODELS": MODELS,
+    "CHAT_IDLE_TIMEOUT": "1.5",
+    "CHAT_MAX_DURATION": "30",
+    "CHAT_RETRY_BASE_DELAY": "0.05",
+    "CHAT_RETRY_MAX_DELAY": "0.5",
+    "CHAT_MAX_RETRIES": "2",
+    "CHAT_HEARTBEAT_SECONDS": "0.5",
+    "CHAT_CHECKPOINT_SECONDS": "0.2",
+    "CHAT_DEMO_INTERVAL": "0.001",
+    "CHAT_MAX_MESSAGE_CHARS": "2000",
+}
+
+
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream() as server:
+        yield server
+
+
+@pytest.fixture
+def sim(upstream: FakeUpstream) -> FakeUpstream:
+    upstream.reset()
+    return upstream
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_url() -> str:
+    """The test database pytest-django made, as a URL the server subprocess can open."""
+    conf = connection.settings_dict
+    if conf["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{conf['NAME']}"
+    auth = conf["USER"] + (f":{conf['PASSWORD']}" if conf["PASSWORD"] else "")
+    return f"postgres://{auth}@{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{conf['NAME']}"
+
+
+@dataclass
+class LiveServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_server(upstream: FakeUpstream, tmp: Path, *, server: str = "daphne", **env: str) -> LiveServer:
+    port = free_port()
+    log_path = tmp / f"{server}-{port}.log"
+    full_env = {
+        **os.environ,
+        **SERVER_ENV,
+        "DATABASE_URL": database_url(),
+        "OPENAI_API_KEY": "sk-test-openai-secret",
+        "OPENAI_BASE_URL": upstream.openai_base_url,
+        "ANTHROPIC_API_KEY": "sk-ant-test-secret",
+        "ANTHROPIC_BASE_URL": upstream.anthropic_base_url,
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    if server == "daphne":
+        command = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "project.asgi:application"]
+    else:
+        command = [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "project.asgi:application",
+        ]
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
+    live = LiveServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{live.log()}")
+        try:
+            httpx.get(f"{live.url}/accounts/login/", timeout=1)
+            return live
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    live.stop()
+    raise RuntimeError(f"server did not start:\n{live.log()}")
+
+
+@pytest.fixture(scope="session")
+def asgi_server(
+    django_db_setup: None, django_db_blocker: Any, upstream: FakeUpstream, tmp_path_factory: Any
+) -> Iterator[LiveServer]:
+    with django_db_blocker.unblock():
+        server = start_server(upstream, tmp_path_factory.mktemp("server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server_factory(
+    transactional_db: None, upstream: FakeUpstream, tmp_path: Path
+) -> Iterator[Callable[..., LiveServer]]:
+    """Extra servers with their own settings; stopped when the test ends."""
+    started: list[LiveServer] = []
+
+    def factory(**env: str) -> LiveServer:
+        started.append(start_server(upstream, tmp_path, **env))
+        return started[-1]
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@dataclass
+class StreamEvent:
+    event: str
+    data: str
+    id: str
+    at: float
+
+
+@dataclass
+class BrowserStream:
+    """What the browser received on one reply's event stream."""
+
+    status: int
+    headers: httpx.Headers
+    raw: str
+    events: list[StreamEvent] = field(default_factory=list)
+
+    def names(self) -> list[str]:
+        return [e.event for e in self.events]
+
+    def text(self) -> str:
+        """The visible text the browser appended live (HTML-unescaped), as a user saw it grow."""
+        import html
+
+        return "".join(html.unescape(e.data) for e in self.events if e.event == "text")
+
+    def thinking(self) -> str:
+        import html
+
+        return "".join(html.unescape(e.data) for e in self.events if e.event == "thinking")
+
+    def first(self, name: str) -> StreamEvent:
+        return next(e for e in self.events if e.event == name)
+
+
+def parse_stream(raw: str, times: list[tuple[int, float]] | None = None) -> list[StreamEvent]:
+    events = []
+    for block in raw.replace("\r\n", "\n").split("\n\n"):
+        name, data, event_id = "message", [], ""
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: ") or line == "data:":
+                data.append(line[6:])
+            elif line.startswith("id: "):
+                event_id = line[4:]
+        if data:
+            events.append(StreamEvent(event=name, data="\n".join(data), id=event_id, at=0.0))
+    return events
+
+
+class ChatClient:
+    """A logged-in browser, minus the browser: real HTTP to the live server."""
+
+    def __init__(self, server: LiveServer, user: Any) -> None:
+        django_client = Client()
+        django_client.force_login(user)
+        self.user = user
+        self.http = httpx.Client(base_url=server.url, timeout=20)
+        self.http.cookies.set("sessionid", django_client.cookies["sessionid"].value)
+        self.http.get("/chat/")
+        self.csrf = self.http.cookies.get("csrftoken", "")
+
+    def conversation(self, model: str = "openai:gpt-4o-mini", **fields: Any) -> Conversation:
+        return Conversation.objects.create(user=self.user, model=model, **fields)
+
+    def send(self, conversation: Conversation, text: str, *, htmx: bool = True, **fields: str) -> httpx.Response:
+        headers = {"X-CSRFToken": self.csrf, **({"HX-Request": "true"} if htmx else {})}
+        return self.http.post(f"/chat/{conversation.pk}/messages/", data={"text": text, **fields}, headers=headers)
+
+    def ask(self, conversation: Conversation, text: str = "Hello there", **fields: str) -> Message:
+        response = self.send(conversation, text, **fields)
+        assert response.status_code == 200, response.text
+        match = re.search(r"/chat/replies/(\d+)/stream/", response.text)
+        assert match, response.text
+        return Message.objects.get(pk=int(match.group(1)))
+
+    def stream(
+        self,
+        reply: Message,
+        *,
+        last_event_id: str | None = None,
+        stop_after: Callable[[BrowserStream], bool] | None = None,
+        timeout: float = 20,
+    ) -> BrowserStream:
+        headers = {"Last-Event-ID": last_event_id} if last_event_id else {}
+        started = time.monotonic()
+        with self.http.stream("GET", f"/chat/replies/{reply.pk}/stream/", headers=headers, timeout=timeout) as resp:
+            result = BrowserStream(status=resp.status_code, headers=resp.headers, raw="")
+            for chunk in resp.iter_text():
+                result.raw += chunk
+                now = time.monotonic() - started
+                parsed = parse_stream(result.raw)
+                for event in parsed[len(result.events) :]:
+                    event.at = now
+                    result.events.append(event)
+                if stop_after and stop_after(result):
+                    break  # leaving the with-block closes the connection, as a closed tab does
+        return result
+
+    def stop(self, reply: Message) -> httpx.Response:
+        return self.http.post(
+            f"/chat/replies/{reply.pk}/stop/", headers={"X-CSRFToken": self.csrf, "HX-Request": "true"}
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+
+@pytest.fixture
+def user(transactional_db: None, django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(username="alice", password="a-long-test-password")
+
+
+@pytest.fixture
+def other_user(transactional_db: None, django_user_model: Any) -> Any:
+    return django_user_model.objects.create_user(username="mallory", password="another-test-password")
+
+
+@pytest.fixture
+def chat(asgi_server: LiveServer, user: Any) -> Iterator[ChatClient]:
+    client = ChatClient(asgi_server, user)
+    yield client
+    client.close()
+    wait_until_settled()
+
+
+def wait_until_settled(timeout: float = 10) -> None:
+    """Let the server finish writing replies before the test database is flushed under it."""
+    deadline = time.monotonic() + timeout
+    while Message.objects.filter(status="streaming").exists():
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+
+
+def wait_for_status(reply: Message, statuses: set[str], timeout: float = 10) -> Message:
+    deadline = time.monotonic() + timeout
+    while True:
+        reply.refresh_from_db()
+        if reply.status in statuses:
+            return reply
+        if time.monotonic() > deadline:
+            raise AssertionError(f"reply {reply.pk} is {reply.status}, expected one of {statuses}")
+        time.sleep(0.02)

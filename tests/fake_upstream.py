@@ -1,0 +1,858 @@
+"""Loopback fake of the OpenAI and Anthropic streaming APIs with exact wire formats and switchable faults."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import dataclasses
+import ipaddress
+import itertools
+import json
+import logging
+import re
+import secrets
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Self
+
+from aiohttp import web
+
+logger = logging.getLogger(__name__)
+
+# Multibyte UTF-8 (2-, 3- and 4-byte sequences) so that byte-level splits land mid-character.
+DEFAULT_TEXT = (
+    "# Résumé of the café\n\n"
+    "Hello, **world**! Voilà: the crème brûlée costs 5 € today.\n\n"
+    "- 世界 means *world* in Chinese.\n"
+    "- Celebrate with 🎉 and `naïve_code()`.\n\n"
+    "That's all — merci!"
+)
+DEFAULT_THINKING = "Let me think about this… The user wants a résumé; 世界 is fine. 🤔"
+TOOL_CALL_ID = "call_1"
+TOOL_USE_ID = "toolu_1"
+TOOL_NAME = "get_weather"
+TOOL_ARGUMENTS = '{"location": "Paris, France", "unit": "celsius"}'
+THINKING_SIGNATURE = "EqQBCkgIBBABGAIiQFakeSignatureForTestsOnlyZm9vYmFyYmF6"
+
+# Item tags. "pre" precedes the content, "think" is a reasoning delta, "content" a text delta, "post" follows
+# the content (tool call, finish reason, block stop), "final" is what omit_final drops, "comment" is filler
+# (keep-alive / ping), "malformed" is injected garbage. "abort", "silent" and "end" are actions, not bytes.
+_PACED = frozenset({"think", "content"})
+_FAULT_POINTS = frozenset({"content", "post", "final"})
+_ACTIONS = frozenset({"abort", "silent", "end"})
+
+_Item = tuple[str, bytes]
+
+
+# Compact separators and raw UTF-8 match what both providers put on the wire. One shared encoder, because
+# json.dumps with non-default options builds a new encoder per call (measurable at 200k events).
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+_PIECE_RE = re.compile(r"\S+\s*|\s+")
+
+
+def split_deltas(text: str) -> list[str]:
+    """Word-ish pieces (a word plus its trailing whitespace) that concatenate back to ``text``."""
+    return _PIECE_RE.findall(text)
+
+
+def generated_text(tokens: int) -> str:
+    return " ".join(f"tok{i}" for i in range(tokens))
+
+
+@dataclass
+class Scenario:
+    """What one response looks like. Fault counters ("after N") count content deltas, not thinking deltas."""
+
+    text: str = DEFAULT_TEXT
+    thinking: str = ""  # reasoning text: an Anthropic thinking block / OpenAI reasoning_content deltas
+    tool_call: bool = False  # also stream a get_weather tool call after the text
+    truncated: bool = False  # stop reason "length" / "max_tokens"
+    ttft: float = 0.0  # seconds between sending the headers and the first body byte
+    interval: float = 0.0  # seconds between consecutive text deltas (thinking and content alike)
+    tokens: int | None = None  # replace the text by "tok0 tok1 ..." with this many words (one delta each)
+    status: int = 200  # non-200: reply with the provider's error JSON instead of a stream
+    retry_after: str | None = None  # Retry-After header on a non-200 reply
+    error_message: str = "simulated failure"
+    error_after: int | None = None  # in-stream error event after N content deltas, then a clean end
+    abort_after: int | None = None  # abort the TCP connection after N content deltas
+    omit_final: bool = False  # end cleanly without usage/[DONE] (OpenAI) or message_delta/message_stop
+    silent_after: int | None = None  # after N content deltas send nothing until the client goes away
+    malformed_after: int | None = None  # after N content deltas send a broken JSON data line, then go on
+    crlf: bool = False  # \r\n line endings in the SSE framing
+    comments: bool = False  # interleave ": keep-alive" comments and, for Anthropic, ping events
+    # "event": one write per SSE event; "byte": one byte per write; int or list of ints: the whole body is
+    # serialised first and written in pieces cut at those byte offsets (no interval pacing then).
+    split: str | int | list[int] = "event"
+    input_tokens: int = 25  # reported verbatim as prompt_tokens / input_tokens
+    output_tokens: int | None = None  # None: the number of content deltas
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0  # Anthropic only (cache_creation_input_tokens)
+    reasoning_tokens: int = 0  # OpenAI only (completion_tokens_details.reasoning_tokens)
+
+    def content(self) -> str:
+        return generated_text(self.tokens) if self.tokens is not None else self.text
+
+
+class Headers(dict[str, str]):
+    """Request headers with lower-cased keys and case-insensitive lookups (``h["Authorization"]`` works)."""
+
+    def __getitem__(self, key: str) -> str:
+        return super().__getitem__(key.lower())
+
+    def __setitem__(self, key: str, value: str) -> None:
+        super().__setitem__(key.lower(), value)
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and super().__contains__(key.lower())
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(key.lower(), default)
+
+
+@dataclass
+class RequestRecord:
+    path: str
+    headers: dict[str, str]
+    body: dict
+    scenario: Scenario
+    received_at: float
+    first_byte_at: float | None = None
+    closed_at: float | None = None
+    end: str = ""
+    deltas_sent: int = 0
+
+
+class _Framer:
+    """Builds SSE bytes; CRLF is applied to the framing only (compact JSON never contains a raw newline)."""
+
+    __slots__ = ("crlf",)
+
+    def __init__(self, crlf: bool) -> None:
+        self.crlf = crlf
+
+    def raw(self, text: str) -> bytes:
+        if self.crlf:
+            text = text.replace("\n", "\r\n")
+        return text.encode()
+
+    def data(self, payload: str) -> bytes:
+        return self.raw(f"data: {payload}\n\n")
+
+    def event(self, name: str, payload: str) -> bytes:
+        return self.raw(f"event: {name}\ndata: {payload}\n\n")
+
+    def comment(self) -> bytes:
+        return self.raw(": keep-alive\n\n")
+
+
+def _fragments(text: str, size: int = 10) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+def _openai_finish(sc: Scenario) -> str:
+    if sc.truncated:
+        return "length"
+    return "tool_calls" if sc.tool_call else "stop"
+
+
+def _anthropic_stop(sc: Scenario) -> str:
+    if sc.truncated:
+        return "max_tokens"
+    return "tool_use" if sc.tool_call else "end_turn"
+
+
+def _openai_usage(sc: Scenario, pieces: int) -> dict[str, Any]:
+    completion = sc.output_tokens if sc.output_tokens is not None else pieces
+    return {
+        "prompt_tokens": sc.input_tokens,
+        "completion_tokens": completion,
+        "total_tokens": sc.input_tokens + completion,
+        "prompt_tokens_details": {"cached_tokens": sc.cache_read_tokens},
+        "completion_tokens_details": {"reasoning_tokens": sc.reasoning_tokens},
+    }
+
+
+def _anthropic_usage(sc: Scenario, output_tokens: int) -> dict[str, int]:
+    return {
+        "input_tokens": sc.input_tokens,
+        "cache_creation_input_tokens": sc.cache_write_tokens,
+        "cache_read_input_tokens": sc.cache_read_tokens,
+        "output_tokens": output_tokens,
+    }
+
+
+def _openai_items(sc: Scenario, model: str, include_usage: bool) -> Iterator[_Item]:
+    f = _Framer(sc.crlf)
+    pieces = split_deltas(sc.content())
+    # Chunks share everything but the delta and finish_reason, so format around a prefix instead of
+    # re-encoding the whole dict per delta (matters at 1000 streams x 200 deltas).
+    base = (
+        f'{{"id":"chatcmpl-{secrets.token_hex(12)}","object":"chat.completion.chunk",'
+        f'"created":{int(time.time())},"model":{_dumps(model)}'
+    )
+    head = base + ',"choices":[{"index":0,"delta":'
+    # Real OpenAI puts "usage":null on every chunk when include_usage is set; clients must tolerate it.
+    tail_usage = ',"usage":null' if include_usage else ""
+
+    open_tail = f',"finish_reason":null}}]{tail_usage}}}'
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+        return f.data(f'{head}{_dumps(delta)},"finish_reason":{_dumps(finish)}}}]{tail_usage}}}')
+
+    def text_chunk(key: str, piece: str) -> bytes:
+        # The hot path: only the string itself goes through the encoder.
+        return f.data(f'{head}{{"{key}":{_dumps(piece)}}}{open_tail}')
+
+    yield "pre", chunk({"role": "assistant", "content": ""})
+    if sc.comments:
+        yield "comment", f.comment()
+    for piece in split_deltas(sc.thinking):
+        yield "think", text_chunk("reasoning_content", piece)
+    for i, piece in enumerate(pieces):
+        if sc.comments and i and i % 4 == 0:
+            yield "comment", f.comment()
+        yield "content", text_chunk("content", piece)
+    if sc.tool_call:
+        function = {"name": TOOL_NAME, "arguments": ""}
+        header = {"index": 0, "id": TOOL_CALL_ID, "type": "function", "function": function}
+        yield "post", chunk({"tool_calls": [header]})
+        for frag in _fragments(TOOL_ARGUMENTS):
+            yield "post", chunk({"tool_calls": [{"index": 0, "function": {"arguments": frag}}]})
+    yield "post", chunk({}, _openai_finish(sc))
+    if include_usage:
+        usage = _dumps(_openai_usage(sc, len(pieces)))
+        yield "final", f.data(f'{base},"choices":[],"usage":{usage}}}')
+    yield "final", f.data("[DONE]")
+
+
+def _anthropic_items(sc: Scenario, model: str) -> Iterator[_Item]:
+    f = _Framer(sc.crlf)
+    pieces = split_deltas(sc.content())
+    message = {
+        "id": f"msg_{secrets.token_hex(12)}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [],
+        "stop_reason": None,
+        "stop_sequence": None,
+        "usage": _anthropic_usage(sc, 1),
+    }
+    yield "pre", f.event("message_start", _dumps({"type": "message_start", "message": message}))
+    ping = f.event("ping", '{"type":"ping"}')
+    if sc.comments:
+        yield "comment", ping
+    index = 0
+    if sc.thinking:
+        block = {"type": "thinking", "thinking": ""}
+        start = {"type": "content_block_start", "index": index, "content_block": block}
+        yield "pre", f.event("content_block_start", _dumps(start))
+        for piece in split_deltas(sc.thinking):
+            delta = {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "thinking_delta", "thinking": piece},
+            }
+            yield "think", f.event("content_block_delta", _dumps(delta))
+        sig = {
+            "type": "content_block_delta",
+            "index": index,
+            "delta": {"type": "signature_delta", "signature": THINKING_SIGNATURE},
+        }
+        yield "pre", f.event("content_block_delta", _dumps(sig))
+        yield "pre", f.event("content_block_stop", _dumps({"type": "content_block_stop", "index": index}))
+        index += 1
+    start = {"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}}
+    yield "pre", f.event("content_block_start", _dumps(start))
+    prefix = f'{{"type":"content_block_delta","index":{index},"delta":{{"type":"text_delta","text":'
+    for i, piece in enumerate(pieces):
+        if sc.comments and i and i % 4 == 0:
+            # Alternate the two kinds of filler a real stream can carry between deltas.
+            yield "comment", ping if i % 8 == 0 else f.comment()
+        yield "content", f.event("content_block_delta", f"{prefix}{_dumps(piece)}}}}}")
+    yield "post", f.event("content_block_stop", _dumps({"type": "content_block_stop", "index": index}))
+    if sc.tool_call:
+        index += 1
+        block = {"type": "tool_use", "id": TOOL_USE_ID, "name": TOOL_NAME, "input": {}}
+        start = {"type": "content_block_start", "index": index, "content_block": block}
+        yield "post", f.event("content_block_start", _dumps(start))
+        for frag in _fragments(TOOL_ARGUMENTS):
+            delta = {
+                "type": "content_block_delta",
+                "index": index,
+                "delta": {"type": "input_json_delta", "partial_json": frag},
+            }
+            yield "post", f.event("content_block_delta", _dumps(delta))
+        yield "post", f.event("content_block_stop", _dumps({"type": "content_block_stop", "index": index}))
+    output = sc.output_tokens if sc.output_tokens is not None else len(pieces)
+    # message_delta usage is cumulative; newer API versions repeat the input/cache fields here too.
+    delta = {
+        "type": "message_delta",
+        "delta": {"stop_reason": _anthropic_stop(sc), "stop_sequence": None},
+        "usage": _anthropic_usage(sc, output),
+    }
+    yield "final", f.event("message_delta", _dumps(delta))
+    yield "final", f.event("message_stop", '{"type":"message_stop"}')
+
+
+def _with_faults(items: Iterator[_Item], total: int, sc: Scenario, provider: str) -> Iterator[_Item]:
+    """Inject the scenario's faults; a fault 'after N' fires just before the (N+1)th content delta.
+
+    N at or beyond the number of content deltas fires right after the last one.
+    """
+    f = _Framer(sc.crlf)
+    if provider == "openai":
+        malformed = f.raw('data: {"choices": [\n\n')
+        error = f.data(_dumps({"error": {"message": sc.error_message, "type": "server_error", "code": None}}))
+    else:
+        malformed = f.raw('event: content_block_delta\ndata: {"type": "content_block_delta", "delta": {\n\n')
+        error = f.event(
+            "error", _dumps({"type": "error", "error": {"type": "overloaded_error", "message": sc.error_message}})
+        )
+    # Terminal faults: the earliest wins; ties resolve in the listed order.
+    terminal = sorted(
+        (min(n, total), order, name)
+        for order, (name, n) in enumerate(
+            (("error", sc.error_after), ("abort", sc.abort_after), ("silent", sc.silent_after))
+        )
+        if n is not None
+    )
+    malformed_at = min(sc.malformed_after, total) if sc.malformed_after is not None else None
+    sent = 0
+    for tag, data in items:
+        if tag in _FAULT_POINTS:
+            if malformed_at is not None and sent == malformed_at:
+                malformed_at = None
+                yield "malformed", malformed
+            if terminal and sent == terminal[0][0]:
+                name = terminal[0][2]
+                if name == "error":
+                    yield "post", error
+                    yield "end", b""
+                else:
+                    yield name, b""
+                return
+        if tag == "final" and sc.omit_final:
+            continue
+        if tag == "content":
+            sent += 1
+        yield tag, data
+    yield "end", b""
+
+
+def _openai_error(status: int, message: str) -> dict[str, Any]:
+    kind, code = {
+        400: ("invalid_request_error", None),
+        401: ("invalid_request_error", "invalid_api_key"),
+        403: ("invalid_request_error", "unsupported_country_region_territory"),
+        404: ("invalid_request_error", "model_not_found"),
+        429: ("requests", "rate_limit_exceeded"),
+    }.get(status, ("server_error", None))
+    return {"error": {"message": message, "type": kind, "param": None, "code": code}}
+
+
+def _anthropic_error(status: int, message: str) -> dict[str, Any]:
+    kind = {
+        400: "invalid_request_error",
+        401: "authentication_error",
+        403: "permission_error",
+        404: "not_found_error",
+        413: "request_too_large",
+        429: "rate_limit_error",
+        529: "overloaded_error",
+    }.get(status, "api_error" if status >= 500 else "invalid_request_error")
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+class _ClientGone(Exception):
+    """The peer went away before we finished writing."""
+
+
+class FakeUpstream:
+    """A loopback aiohttp server streaming scenarios; run in a thread (tests) or a process (benchmark)."""
+
+    def __init__(
+        self, default: Scenario | None = None, host: str = "127.0.0.1", port: int = 0, max_log: int | None = None
+    ) -> None:
+        if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
+            raise ValueError(f"FakeUpstream only listens on loopback, not {host!r}")
+        self.default = default or Scenario()
+        self.host = "127.0.0.1" if host == "localhost" else host
+        self.port = port
+        self._lock = threading.Lock()
+        self._queue: deque[Scenario] = deque()
+        # Bounded in benchmark mode so a long run does not grow memory without limit.
+        self._log: deque[RequestRecord] = deque(maxlen=max_log)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stopping = False
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    # ----- public sync API ------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.url + "/v1"
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.url
+
+    def start(self) -> Self:
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            try:
+                loop.run_until_complete(self._start_async())
+            except Exception as exc:  # handed to the starting thread instead of dying silently
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
+            ready.set()
+            try:
+                loop.run_forever()
+            finally:
+                loop.close()
+
+        self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake upstream did not start within 10 s")
+        if failure:
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop_async(), loop).result(timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            self._thread = None
+            self._loop = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def enqueue(self, *scenarios: Scenario) -> None:
+        with self._lock:
+            self._queue.extend(scenarios)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._queue.clear()
+            self._log.clear()
+
+    @property
+    def log(self) -> list[RequestRecord]:
+        # Copies, so a snapshot does not keep changing while the server thread updates live records.
+        with self._lock:
+            return [dataclasses.replace(r) for r in self._log]
+
+    def wait_for(self, predicate: Callable[[list[RequestRecord]], bool], timeout: float = 5.0) -> list[RequestRecord]:
+        deadline = time.monotonic() + timeout
+        while True:
+            snapshot = self.log
+            if predicate(snapshot):
+                return snapshot
+            if time.monotonic() >= deadline:
+                lines = "\n".join(
+                    f"  {r.path} end={r.end!r} deltas={r.deltas_sent} received={r.received_at:.3f} "
+                    f"first_byte={r.first_byte_at} closed={r.closed_at}"
+                    for r in snapshot
+                )
+                raise AssertionError(f"condition not met within {timeout} s; log:\n{lines or '  (empty)'}")
+            time.sleep(0.01)
+
+    def expected_text(self, scenario: Scenario | None = None) -> str:
+        return (scenario or self.default).content()
+
+    # ----- server lifecycle -----------------------------------------------------------------------
+
+    async def _start_async(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self._openai)
+        app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_route("*", "/{tail:.*}", self._not_found)
+        # handler_cancellation: a client disconnect cancels the handler at once, even mid-sleep or silent.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+        await self._runner.setup()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = sock.getsockname()[1]
+        # A deep backlog so 1000 simultaneous benchmark connects are not refused or retried.
+        await web.SockSite(self._runner, sock, backlog=4096).start()
+        logger.info("fake upstream listening on %s", self.url)
+
+    async def _stop_async(self) -> None:
+        self._stopping = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # ----- bookkeeping ----------------------------------------------------------------------------
+
+    def _next_scenario(self) -> Scenario:
+        with self._lock:
+            return self._queue.popleft() if self._queue else self.default
+
+    def _finish(self, rec: RequestRecord, end: str) -> None:
+        with self._lock:
+            if not rec.end:
+                rec.end = end
+                rec.closed_at = time.monotonic()
+
+    async def _record(self, request: web.Request, scenario: Scenario) -> tuple[RequestRecord, bytes]:
+        received = time.monotonic()
+        headers = Headers()
+        for key, value in request.headers.items():
+            # Repeated headers are folded into one comma-separated value, as HTTP allows.
+            headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        raw = await request.read()
+        rec = RequestRecord(path=request.path, headers=headers, body={}, scenario=scenario, received_at=received)
+        with self._lock:
+            self._log.append(rec)
+        return rec, raw
+
+    # ----- handlers -------------------------------------------------------------------------------
+
+    async def _not_found(self, request: web.Request) -> web.StreamResponse:
+        rec, _ = await self._record(request, self.default)
+        self._finish(rec, "error_status")
+        error = {"message": f"Unknown path {request.path}", "type": "invalid_request_error", "code": "unknown_url"}
+        return web.json_response({"error": error}, status=404)
+
+    async def _openai(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, "openai")
+
+    async def _anthropic(self, request: web.Request) -> web.StreamResponse:
+        return await self._guarded(request, "anthropic")
+
+    async def _guarded(self, request: web.Request, provider: str) -> web.StreamResponse:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        rec: RequestRecord | None = None
+        try:
+            rec, raw = await self._record(request, self._next_scenario())
+            return await self._serve(request, rec, raw, provider)
+        except asyncio.CancelledError:
+            if rec is not None:
+                self._finish(rec, "server_stopped" if self._stopping else "client_closed")
+                logger.info("client closed %s after %d deltas (noticed by cancellation)", rec.path, rec.deltas_sent)
+            raise
+        except Exception:
+            if rec is not None:
+                self._finish(rec, "server_error")
+            raise
+        finally:
+            self._tasks.discard(task)
+
+    def _error_response(
+        self, rec: RequestRecord, provider: str, status: int, message: str, retry_after: str | None = None
+    ) -> web.Response:
+        make = _openai_error if provider == "openai" else _anthropic_error
+        payload = make(status, message)
+        headers = {"retry-after": retry_after} if retry_after is not None else {}
+        self._finish(rec, "error_status")
+        return web.json_response(
+            payload, status=status, headers=headers, reason="Overloaded" if status == 529 else None
+        )
+
+    async def _serve(self, request: web.Request, rec: RequestRecord, raw: bytes, provider: str) -> web.StreamResponse:
+        sc = rec.scenario
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            rec.body = {"_raw": raw.decode("utf-8", "replace")}
+            return self._error_response(rec, provider, 400, "request body is not valid JSON")
+        if not isinstance(body, dict):
+            rec.body = {"_json": body}
+            return self._error_response(rec, provider, 400, "request body must be a JSON object")
+        rec.body = body
+        if provider == "anthropic" and "anthropic-version" not in rec.headers:
+            return self._error_response(rec, provider, 400, "anthropic-version: header is required")
+        if sc.status != 200:
+            return self._error_response(rec, provider, sc.status, sc.error_message, sc.retry_after)
+        model = str(body.get("model") or "fake-model")
+        if body.get("stream") is not True:
+            return await self._non_stream(rec, provider, model)
+
+        if provider == "openai":
+            opts = body.get("stream_options")
+            include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+            items: Iterator[_Item] = _openai_items(sc, model, include_usage)
+            ids = {"x-request-id": f"req_{secrets.token_hex(8)}"}
+        else:
+            items = _anthropic_items(sc, model)
+            ids = {"request-id": f"req_{secrets.token_hex(8)}"}
+        items = _with_faults(items, len(split_deltas(sc.content())), sc, provider)
+
+        resp = web.StreamResponse(
+            status=200, headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", **ids}
+        )
+        # Headers go out now, so the client has its response object before ttft elapses.
+        writer = await resp.prepare(request)
+        assert writer is not None
+        stream = _Stream(self, request, resp, writer, rec)
+        try:
+            if isinstance(sc.split, str) and sc.split in ("event", "byte"):
+                action = await stream.paced(items, per_byte=sc.split == "byte")
+            else:
+                offsets = [sc.split] if isinstance(sc.split, int) else list(sc.split)
+                action = await stream.by_offsets(items, offsets)
+        except _ClientGone:
+            self._finish(rec, "client_closed")
+            logger.info("client closed %s after %d deltas (noticed on write)", rec.path, rec.deltas_sent)
+            return resp
+
+        if action == "abort":
+            self._finish(rec, "aborted")
+            if request.transport is not None:
+                # abort() drops the socket without the chunked terminator, like a crashed upstream.
+                request.transport.abort()
+            return resp
+        if action == "silent":
+            # Parked until the client closes; handler cancellation turns that into client_closed.
+            await asyncio.get_running_loop().create_future()
+        try:
+            await resp.write_eof()
+        except ConnectionError:
+            self._finish(rec, "client_closed")
+            logger.info("client closed %s before end of stream", rec.path)
+            return resp
+        self._finish(rec, "completed")
+        return resp
+
+    async def _non_stream(self, rec: RequestRecord, provider: str, model: str) -> web.Response:
+        sc = rec.scenario
+        if sc.ttft:
+            await asyncio.sleep(sc.ttft)
+        text, pieces = sc.content(), len(split_deltas(sc.content()))
+        payload: dict[str, Any]
+        if provider == "openai":
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if sc.thinking:
+                message["reasoning_content"] = sc.thinking
+            if sc.tool_call:
+                message["tool_calls"] = [
+                    {
+                        "id": TOOL_CALL_ID,
+                        "type": "function",
+                        "function": {"name": TOOL_NAME, "arguments": TOOL_ARGUMENTS},
+                    }
+                ]
+            payload = {
+                "id": f"chatcmpl-{secrets.token_hex(12)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model,
+                "choices": [{"index": 0, "message": message, "finish_reason": _openai_finish(sc)}],
+                "usage": _openai_usage(sc, pieces),
+            }
+        else:
+            content: list[dict[str, Any]] = []
+            if sc.thinking:
+                content.append({"type": "thinking", "thinking": sc.thinking, "signature": THINKING_SIGNATURE})
+            content.append({"type": "text", "text": text})
+            if sc.tool_call:
+                content.append(
+                    {"type": "tool_use", "id": TOOL_USE_ID, "name": TOOL_NAME, "input": json.loads(TOOL_ARGUMENTS)}
+                )
+            output = sc.output_tokens if sc.output_tokens is not None else pieces
+            payload = {
+                "id": f"msg_{secrets.token_hex(12)}",
+                "type": "message",
+                "role": "assistant",
+                "model": model,
+                "content": content,
+                "stop_reason": _anthropic_stop(sc),
+                "stop_sequence": None,
+                "usage": _anthropic_usage(sc, output),
+            }
+        with self._lock:
+            rec.first_byte_at = time.monotonic()
+            rec.deltas_sent = pieces
+        self._finish(rec, "completed")
+        return web.Response(body=_dumps(payload).encode(), content_type="application/json")
+
+
+class _Stream:
+    """Writes one response body, tracking the record and noticing a departed client before each write."""
+
+    __slots__ = ("rec", "request", "resp", "up", "writer")
+
+    def __init__(
+        self, up: FakeUpstream, request: web.Request, resp: web.StreamResponse, writer: Any, rec: RequestRecord
+    ) -> None:
+        self.up, self.request, self.resp, self.writer, self.rec = up, request, resp, writer, rec
+
+    async def _write(self, data: bytes) -> None:
+        transport = self.request.transport
+        if transport is None or transport.is_closing():
+            raise _ClientGone
+        if self.rec.first_byte_at is None:
+            with self.up._lock:
+                self.rec.first_byte_at = time.monotonic()
+        try:
+            await self.resp.write(data)
+            await self.writer.drain()
+        except ConnectionError as exc:
+            raise _ClientGone from exc
+
+    def _count_delta(self, n: int = 1) -> None:
+        with self.up._lock:
+            self.rec.deltas_sent += n
+
+    async def paced(self, items: Iterator[_Item], per_byte: bool) -> str:
+        sc = self.rec.scenario
+        loop = asyncio.get_running_loop()
+        first = True
+        next_at: float | None = None
+        for tag, data in items:
+            if tag in _ACTIONS:
+                return tag
+            if first:
+                first = False
+                if sc.ttft > 0:
+                    await asyncio.sleep(sc.ttft)
+            if tag in _PACED and sc.interval > 0:
+                # An absolute schedule: a real model emits at its own rate, so a stalled reader gets a burst
+                # afterwards rather than the whole stream drifting later.
+                now = loop.time()
+                if next_at is None:
+                    next_at = now
+                elif next_at > now:
+                    await asyncio.sleep(next_at - now)
+                next_at += sc.interval
+            if per_byte:
+                for i in range(len(data)):
+                    await self._write(data[i : i + 1])
+                    # Yield so each byte leaves as its own segment instead of coalescing in the buffer.
+                    await asyncio.sleep(0)
+            else:
+                await self._write(data)
+            if tag == "content":
+                self._count_delta()
+        return "end"
+
+    async def by_offsets(self, items: Iterator[_Item], offsets: list[int]) -> str:
+        chunks: list[bytes] = []
+        content_ends: list[int] = []
+        size = 0
+        action = "end"
+        for tag, data in items:
+            if tag in _ACTIONS:
+                action = tag
+                break
+            chunks.append(data)
+            size += len(data)
+            if tag == "content":
+                content_ends.append(size)
+        body = b"".join(chunks)
+        cuts = sorted({o for o in offsets if 0 < o < len(body)})
+        bounds = [0, *cuts, len(body)]
+        sc = self.rec.scenario
+        if sc.ttft > 0:
+            await asyncio.sleep(sc.ttft)
+        counted = 0
+        for start, stop in itertools.pairwise(bounds):
+            await self._write(body[start:stop])
+            done = bisect.bisect_right(content_ends, stop)
+            if done > counted:
+                self._count_delta(done - counted)
+                counted = done
+            # A short real sleep (not just a yield) so each piece arrives as a separate TCP read; with very
+            # many pieces fall back to a yield so the stream still finishes quickly.
+            await asyncio.sleep(0.001 if len(bounds) <= 66 else 0)
+        return action
+
+
+# ----- CLI (benchmark) ----------------------------------------------------------------------------
+
+
+def _raise_fd_limit() -> None:
+    # 1000 concurrent streams plus listening sockets exceed the common default soft limit of 1024.
+    with contextlib.suppress(ImportError, ValueError, OSError):
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or soft < hard:
+            target = hard if hard != resource.RLIM_INFINITY else 65536
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+
+
+async def _serve_forever(up: FakeUpstream) -> None:
+    await up._start_async()
+    print(f"fake upstream listening on {up.url}", flush=True)
+    done = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    try:
+        await done.wait()
+    finally:
+        await up._stop_async()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.fake_upstream", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--tokens", type=int, default=None, help="generated tokens per response (default: the sample text)"
+    )
+    parser.add_argument("--interval", type=float, default=0.0, help="seconds between deltas")
+    parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first body byte")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_fd_limit()
+    up = FakeUpstream(
+        Scenario(tokens=args.tokens, interval=args.interval, ttft=args.ttft),
+        host=args.host,
+        port=args.port,
+        max_log=1000,
+    )
+    asyncio.run(_serve_forever(up))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
