@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q
+from django.db.models import Q, Sum
 from django.utils import timezone
 
 from chat.providers import Turn, Usage
@@ -33,6 +33,13 @@ class Status(models.TextChoices):
 
 FINISHED = (Status.COMPLETED, Status.CANCELLED, Status.FAILED, Status.INTERRUPTED)
 TRUNCATION_STOP_REASONS = frozenset({"max_tokens", "length", "model_length_exceeded"})
+
+
+# Finished replies that have no cost (usage unknown, or no price for the model), except those stopped
+# before they ever reached the provider (cancelled while queued: no duration), which certainly cost nothing.
+WITHOUT_COST = Q(role=Role.ASSISTANT, status__in=FINISHED, cost__isnull=True) & ~Q(
+    status=Status.CANCELLED, duration_ms__isnull=True
+)
 
 
 class UsageSource(models.TextChoices):
@@ -109,6 +116,28 @@ class MessageQuerySet(models.QuerySet["Message"]):
 
     def stale_streaming(self, *, older_than: timedelta) -> MessageQuerySet:
         return self.filter(status=Status.STREAMING, checkpoint_at__lt=timezone.now() - older_than)
+
+    def created_between(self, start: datetime, end: datetime | None = None) -> MessageQuerySet:
+        """Created at or after `start` and, when given, before `end` (a half-open range)."""
+        rows = self.filter(created_at__gte=start)
+        return rows if end is None else rows.filter(created_at__lt=end)
+
+    def running(self, *, stale_after: timedelta, queued_within: timedelta) -> MessageQuerySet:
+        """Replies that hold a concurrency slot: streaming and checkpointed recently (an older
+        checkpoint means a dead worker's row, which the sweep will close), or queued recently (a
+        reply whose stream was never opened, e.g. the tab closed right after sending, would
+        otherwise block the user until somebody opened it)."""
+        now = timezone.now()
+        return self.replies().filter(
+            Q(status=Status.STREAMING, checkpoint_at__gte=now - stale_after)
+            | Q(status=Status.QUEUED, created_at__gte=now - queued_within)
+        )
+
+    def without_cost(self) -> MessageQuerySet:
+        return self.filter(WITHOUT_COST)
+
+    def total_cost(self) -> Decimal:
+        return self.aggregate(total=Sum("cost"))["total"] or Decimal(0)
 
 
 class Message(models.Model):
@@ -261,3 +290,63 @@ def turns_from(history: list[tuple[str, str]]) -> list[Turn]:
         elif turns or role == Role.USER:
             turns.append(Turn(role=role, content=content))
     return turns
+
+
+class ModelPriceQuerySet(models.QuerySet["ModelPrice"]):
+    def effective(self, *, provider: str, model: str, on: date) -> ModelPriceQuerySet:
+        """The prices of this model that had started by `on`, the one in force first."""
+        return self.filter(provider=provider, model=model, effective_from__lte=on).order_by("-effective_from")
+
+
+class ModelPrice(models.Model):
+    """An operator's price for a model, overriding the genai-prices snapshot from a date on.
+    A reply is priced once, when it finishes, so editing a price never rewrites stored costs."""
+
+    provider = models.CharField(max_length=50, help_text="As in provider:model, e.g. openai.")
+    model = models.CharField(max_length=200, help_text="The model id as requested, e.g. gpt-4o-mini.")
+    effective_from = models.DateField(help_text="UTC date from which replies are priced with this row.")
+    input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, help_text="USD per million input tokens.")
+    output_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, help_text="USD per million output tokens.")
+    cache_read_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, help_text="Blank: cache reads cost the input price."
+    )
+    cache_write_per_mtok = models.DecimalField(
+        max_digits=14, decimal_places=6, null=True, blank=True, help_text="Blank: cache writes cost the input price."
+    )
+    reasoning_per_mtok = models.DecimalField(
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="Only if reasoning tokens are billed differently; blank: they are output tokens at the output price.",
+    )
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = ModelPriceQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["provider", "model", "-effective_from"]
+        constraints = [
+            models.UniqueConstraint(fields=["provider", "model", "effective_from"], name="one_price_per_model_and_day")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider}:{self.model} from {self.effective_from}"
+
+
+class SpendingLimit(models.Model):
+    """A user's own monthly limit; without a row the global default (CHAT_MONTHLY_BUDGET_USD) applies."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="spending_limit")
+    monthly_usd = models.DecimalField(
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text="USD per calendar month (UTC). Blank: no limit for this user, whatever the global default.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Spending limit of {self.user}"

@@ -125,6 +125,10 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 STATICFILES_DIRS = [BASE_DIR / "static"]
+# In DEBUG whitenoise serves straight from the app and project static folders (no collectstatic),
+# which is also how the test servers get htmx.
+WHITENOISE_USE_FINDERS = DEBUG
+WHITENOISE_AUTOREFRESH = DEBUG
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -196,3 +200,9 @@ CHAT_MAX_CONNECTIONS = env_int("CHAT_MAX_CONNECTIONS", 2000)
 CHAT_DEMO_INTERVAL = env_float("CHAT_DEMO_INTERVAL", 0.03)
 # In DEBUG `make run` creates this local account; production never has a default account.
 CHAT_DEMO_USER = os.environ.get("CHAT_DEMO_USER", "demo")
+# Spending and abuse limits (chat/limits.py). The budget is USD per user per calendar month (UTC),
+# a string read as a Decimal; unset means no limit, and a user's own SpendingLimit (admin) wins over it.
+CHAT_MONTHLY_BUDGET_USD = os.environ.get("CHAT_MONTHLY_BUDGET_USD", "").strip() or None
+# Replies being written at once and messages sent per minute, per user; 0 switches a limit off.
+CHAT_MAX_CONCURRENT_REPLIES = env_int("CHAT_MAX_CONCURRENT_REPLIES", 3)
+CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20)

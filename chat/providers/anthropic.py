@@ -59,7 +59,7 @@ class AnthropicProvider(Provider):
                     raise ProviderError("The model sent a malformed event; the reply was stopped.") from exc
                 for event in parser.feed(sse.event, data):
                     yield event
-                if parser.finished:
+                if parser.finished or parser.failed:
                     return
         raise ProviderError(LOST, retryable=True)
 
@@ -69,6 +69,7 @@ class MessageStreamParser:
 
     def __init__(self) -> None:
         self.finished = False
+        self.failed = False
         self.raw_usage: dict[str, int] = {}
         self.output_reported = False
 
@@ -99,6 +100,7 @@ class MessageStreamParser:
             self.finished = True
             return []
         if kind == "error":
+            self.failed = True
             error = data.get("error") or {}
             return [
                 StreamError(

@@ -140,3 +140,10 @@ def retry_after_seconds(headers: httpx.Headers) -> float | None:
 def redact(text: str) -> str:
     """Keys can appear in provider error messages; they must never reach the browser or the logs."""
     return _SECRET_PATTERN.sub(lambda m: m.group(1) + "…", text)
+
+
+async def aclose_shared_client() -> None:
+    """Close this loop's client (tests and shutdown); the next request makes a new one."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()

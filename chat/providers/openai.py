@@ -67,6 +67,8 @@ class OpenAIProvider(Provider):
                     raise ProviderError("The model sent a malformed event; the reply was stopped.") from exc
                 for event in parse_chunk(chunk):
                     yield event
+                    if type(event) is StreamError:
+                        return  # an error is the stream's last word, whether or not [DONE] follows
         raise ProviderError(LOST, retryable=True)
 
 

@@ -1,0 +1,183 @@
+"""The provider adapters against the loopback simulator, over both httpx transports."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from chat.providers import (
+    Event,
+    Provider,
+    ProviderError,
+    Stop,
+    StreamError,
+    TextDelta,
+    ThinkingDelta,
+    Timeouts,
+    Turn,
+    UsageUpdate,
+    build_provider,
+)
+from chat.providers.http import aclose_shared_client, configure_client
+from tests.fake_upstream import FakeUpstream, Scenario
+
+SHORT = "Ré 世界 🎉 ok"  # 2-, 3- and 4-byte characters: splits land inside each kind
+HELLO = [Turn(role="user", content="Hello")]
+
+
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def transport(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    configure_client(transport=request.param, max_connections=200)
+    yield request.param
+    await aclose_shared_client()
+    configure_client(transport="aiohttp", max_connections=200)
+
+
+def adapter(name: str, sim: FakeUpstream, *, idle: float = 5.0) -> Provider:
+    base_url = sim.openai_base_url if name == "openai" else sim.anthropic_base_url
+    return build_provider(name, api_key="sk-test-key", base_url=base_url, timeouts=Timeouts(connect=2, idle=idle))
+
+
+async def collect(provider: Provider) -> list[Event]:
+    return [event async for event in provider.stream(model="gpt-4o-mini", messages=HELLO, max_tokens=100)]
+
+
+def summary(events: list[Event]) -> tuple[str, str, str, object]:
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    thinking = "".join(e.text for e in events if isinstance(e, ThinkingDelta))
+    stops = [e.reason for e in events if isinstance(e, Stop)]
+    usages = [e.usage for e in events if isinstance(e, UsageUpdate)]
+    return text, thinking, stops[-1] if stops else "", usages[-1] if usages else None
+
+
+async def body_length(name: str, sim: FakeUpstream, scenario: Scenario) -> int:
+    """The exact size of the stream's body, so the split test covers every offset and no more."""
+    sim.enqueue(scenario)
+    if name == "openai":
+        url, headers = f"{sim.openai_base_url}/chat/completions", {}
+        payload = {"model": "gpt-4o-mini", "messages": [], "stream": True, "stream_options": {"include_usage": True}}
+    else:
+        url, headers = f"{sim.anthropic_base_url}/v1/messages", {"anthropic-version": "2023-06-01"}
+        payload = {"model": "gpt-4o-mini", "messages": [], "stream": True, "max_tokens": 100}
+    async with httpx.AsyncClient() as client:
+        return len((await client.post(url, json=payload, headers=headers)).content)
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_it_reassembles_a_stream_split_at_every_byte_offset(sim: FakeUpstream, name: str, transport: str) -> None:
+    def scenario(split: int | str = "event") -> Scenario:
+        return Scenario(text=SHORT, thinking="…🤔", cache_read_tokens=3, input_tokens=10, split=split)
+
+    sim.enqueue(scenario())
+    provider = adapter(name, sim)
+    reference = summary(await collect(provider))
+    assert reference[:3] == (SHORT, "…🤔", "stop" if name == "openai" else "end_turn")
+    length = await body_length(name, sim, scenario())
+    for batch_start in range(1, length, 50):
+        offsets = range(batch_start, min(batch_start + 50, length))
+        sim.enqueue(*[scenario(split=offset) for offset in offsets])
+        results = await asyncio.gather(*[collect(provider) for _ in offsets])
+        assert [summary(r) for r in results] == [reference] * len(offsets), batch_start
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_it_reads_one_byte_at_a_time_with_crlf_comments_and_tool_calls(sim, name: str, transport: str) -> None:
+    sim.enqueue(Scenario(split="byte", crlf=True, comments=True, tool_call=True))
+    text, _, stop, usage = summary(await collect(adapter(name, sim)))
+    assert text == sim.expected_text()
+    assert stop in {"tool_calls", "tool_use"}
+    assert usage.output_tokens is not None
+
+
+async def test_openai_usage_counts_cached_tokens_inside_the_prompt(sim: FakeUpstream, transport: str) -> None:
+    sim.enqueue(Scenario(input_tokens=500, cache_read_tokens=400, output_tokens=20, reasoning_tokens=5))
+    _, _, _, usage = summary(await collect(adapter("openai", sim)))
+    assert (usage.input_tokens, usage.cache_read_tokens, usage.output_tokens) == (500, 400, 20)
+    assert (usage.reasoning_tokens, usage.cache_write_tokens, usage.source) == (5, None, "provider")
+    assert sim.log[0].body["stream_options"] == {"include_usage": True}
+
+
+async def test_anthropic_usage_is_overwritten_by_message_delta_never_added(sim: FakeUpstream, transport: str) -> None:
+    # The simulator repeats input and cache counts in message_delta, as the current API does:
+    # adding instead of overwriting would double them.
+    sim.enqueue(Scenario(input_tokens=12, cache_read_tokens=100, cache_write_tokens=50, output_tokens=33))
+    events = await collect(adapter("anthropic", sim))
+    usages = [e.usage for e in events if isinstance(e, UsageUpdate)]
+    assert usages[0].output_tokens is None  # message_start's placeholder is not a count
+    final = usages[-1]
+    assert (final.input_tokens, final.cache_read_tokens, final.cache_write_tokens) == (162, 100, 50)
+    assert final.output_tokens == 33
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_an_error_event_after_200_becomes_a_stream_error(sim, name: str, transport: str) -> None:
+    sim.enqueue(Scenario(error_after=2, error_message="Overloaded"))
+    events = await collect(adapter(name, sim))
+    errors = [e for e in events if isinstance(e, StreamError)]
+    assert len(errors) == 1 and "Overloaded" in errors[0].message
+    assert sum(isinstance(e, TextDelta) for e in events) == 2
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+@pytest.mark.parametrize("fault", [{"omit_final": True}, {"abort_after": 2}])
+async def test_a_stream_without_its_final_event_raises_a_retryable_lost_error(sim, name, fault, transport) -> None:
+    sim.enqueue(Scenario(**fault))
+    with pytest.raises(ProviderError, match="connection to the model was lost") as caught:
+        await collect(adapter(name, sim))
+    assert caught.value.retryable
+
+
+@pytest.mark.parametrize(
+    ("status", "retryable"), [(429, True), (500, True), (529, True), (400, False), (401, False), (404, False)]
+)
+async def test_http_errors_say_whether_to_retry(
+    sim: FakeUpstream, status: int, retryable: bool, transport: str
+) -> None:
+    sim.enqueue(Scenario(status=status, retry_after="7", error_message="nope"))
+    with pytest.raises(ProviderError) as caught:
+        await collect(adapter("anthropic", sim))
+    error = caught.value
+    assert (error.status, error.retryable, error.retry_after) == (status, retryable, 7.0)
+    assert f"(HTTP {status}): nope" in error.message
+
+
+async def test_a_malformed_line_is_an_error_not_a_crash(sim: FakeUpstream, transport: str) -> None:
+    sim.enqueue(Scenario(malformed_after=1))
+    with pytest.raises(ProviderError, match="malformed"):
+        await collect(adapter("openai", sim))
+
+
+async def test_a_silent_upstream_hits_the_idle_timeout(sim: FakeUpstream, transport: str) -> None:
+    sim.enqueue(Scenario(silent_after=1))
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match=r"sent nothing for 0\.3 seconds"):
+        await collect(adapter("openai", sim, idle=0.3))
+    assert time.monotonic() - started < 2
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_closing_the_stream_closes_the_upstream_request_at_once(sim, name: str, transport: str) -> None:
+    sim.enqueue(Scenario(tokens=500, interval=0.01))
+    stream = adapter(name, sim).stream(model="m", messages=HELLO)
+    async for event in stream:
+        if isinstance(event, TextDelta):
+            break
+    await stream.aclose()
+    closed_at = time.monotonic()
+    [record] = await asyncio.to_thread(sim.wait_for, lambda log: log and log[0].closed_at is not None, 3)
+    assert record.end == "client_closed"
+    assert record.closed_at - closed_at < 0.5
+    assert record.deltas_sent < 50
+
+
+async def test_the_demo_model_needs_no_network() -> None:
+    provider = build_provider("demo", timeouts=Timeouts(), interval=0)
+    full = summary([e async for e in provider.stream(model="demo", messages=HELLO, max_tokens=4096)])
+    assert full[0].startswith("## Hello from the demo model") and full[1]
+    assert full[2] == "end_turn" and full[3].output_tokens > 100
+    cut = summary([e async for e in provider.stream(model="demo", messages=HELLO, max_tokens=10)])
+    assert full[0].startswith(cut[0]) and cut[0] != full[0] and cut[2] == "max_tokens"
