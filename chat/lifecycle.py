@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from datetime import timedelta
 
 from django.conf import settings
@@ -11,6 +12,7 @@ from django.db import DatabaseError
 from django.utils import timezone
 
 from chat import pricing, streaming
+from chat.live import Shutdown
 from chat.models import Message, Status
 
 logger = logging.getLogger(__name__)
@@ -24,6 +26,7 @@ def interrupted_after() -> timedelta:
 def on_worker_start() -> None:
     """Runs once when the ASGI application is imported, before the server accepts connections."""
     pricing.warm_up()
+    install_drain_on_shutdown()
     try:
         swept = Message.sweep_interrupted(older_than=interrupted_after())
     except DatabaseError:
@@ -56,3 +59,20 @@ async def upkeep() -> None:
                 logger.info("marked %d orphaned replies as interrupted", swept)
         except DatabaseError:
             logger.exception("upkeep failed; will try again")
+
+
+def install_drain_on_shutdown() -> None:
+    """Under daphne, SIGTERM stops the Twisted reactor; this runs first and the reactor waits for it."""
+    if "twisted.internet.reactor" not in sys.modules:
+        return  # not daphne (uvicorn, tests): no drain hook
+    from twisted.internet import defer, reactor
+
+    def before_shutdown() -> defer.Deferred:
+        # Set at once, not in the coroutine: daphne cancels every open response right after this
+        # returns, and those departing watchers must not be taken for users who closed their tab.
+        Shutdown.requested = True
+        logger.info("shutting down: draining %d replies", len(streaming.live_ids()))
+        loop = asyncio.get_event_loop()
+        return defer.Deferred.fromFuture(loop.create_task(streaming.drain(grace=settings.CHAT_SHUTDOWN_GRACE)))
+
+    reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)

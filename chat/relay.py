@@ -7,53 +7,76 @@ from collections.abc import AsyncIterator
 
 from django.conf import settings
 from django.template.loader import render_to_string
-from django.utils.html import escape
+from django.utils.html import escape, format_html
+from django.utils.safestring import mark_safe
 
 from chat import lifecycle, sse, streaming
+from chat.live import TEXT, THINKING, LiveReply
 from chat.models import Message, Status
-from chat.streaming import NOBODY_WATCHING, TEXT, Generation
-
-# How often a follower of a reply owned by another process re-reads its checkpoint.
-FOLLOW_POLL_SECONDS = 1.0
+from chat.rendering import LiveMarkdown
 
 
 async def reply_events(reply: Message, *, last_event_id: str | None) -> AsyncIterator[str]:
     # daphne sends no headers until the first body byte, and a router may be counting idle seconds.
-    yield sse.comment("stream open")
+    # A short retry: after a dropped connection or a worker's shutdown the browser's EventSource
+    # comes back within a second, with Last-Event-ID, and resumes where it was.
+    yield sse.comment("stream open") + sse.retry(1000)
     lifecycle.ensure_upkeep()
     if not reply.is_finished:
-        generation = await streaming.start_or_join(reply)
-        if generation is not None:
-            async for chunk in watch(generation, resume_from=parse_event_id(last_event_id)):
+        current = await streaming.start_or_join(reply)
+        if current is not None:
+            async for chunk in watch(current, resume_from=parse_event_id(last_event_id)):
                 yield chunk
             return
-        async for chunk in follow_stored(reply):
-            yield chunk
-        return
+        reply = await Message.objects.aget(pk=reply.pk)
+        if not reply.is_finished:
+            # This worker is shutting down and claims nothing new: reconnect, to another worker.
+            yield sse.retry(1000)
+            return
     for chunk in final_events(reply, next_id=1):
         yield chunk
 
 
-async def watch(generation: Generation, *, resume_from: int) -> AsyncIterator[str]:
-    """Live deltas from this process's generation, then its final events."""
-    waker = asyncio.Event()
-    generation.watchers.add(waker)
+# At most this many text updates a second per connection: a burst of tokens is one render and one write.
+FRAME_SECONDS = 1 / 30
+
+
+async def watch(generation: LiveReply, *, resume_from: int) -> AsyncIterator[str]:
+    """Live deltas of a reply written here or followed from another process, then its final events."""
+    waker = generation.attach()
+    try:
+        await generation.ready()
+    except BaseException:  # the browser left while we waited for the owner
+        generation.detach(waker)
+        raise
     # Event ids count parts, so a reconnect that says "I have N" continues at part N exactly.
     position = resume_from if 0 <= resume_from <= generation.version else 0
+    if resume_from and not position:
+        # Those ids are not this reply's (a worker restarted): the browser must start the bubble over.
+        yield sse.event("reset", "", id=0)
+    view = LiveView(generation, resume_from=position)
     notice = ""
     heartbeat = settings.CHAT_HEARTBEAT_SECONDS
+    loop = asyncio.get_running_loop()
+    next_frame = 0.0
     try:
         while True:
             waker.clear()  # before reading, so a delta that lands while we send is not missed
-            if position < generation.version:
-                end = generation.version
-                yield delta_events(generation, start=position, end=end)
-                position = end
+            finished = generation.finished  # read before the parts: once it is set no part follows
+            end = generation.version
+            if position < end or (finished and view.rendering_pending):
+                if not finished and (wait := next_frame - loop.time()) > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                if chunk := view.delta_events(start=position, end=end, final=finished):
+                    yield chunk
+                    position = end
+                    next_frame = loop.time() + FRAME_SECONDS
             if generation.notice != notice:
                 notice = generation.notice
                 yield sse.event("notice", escape(notice), id=position)
-            if generation.finished:
-                for chunk in final_events(generation.reply, next_id=position + 1):
+            if finished:
+                for chunk in final_events(generation.reply, next_id=view.last_id + 1):
                     yield chunk
                 return
             if not waker.is_set():
@@ -63,22 +86,68 @@ async def watch(generation: Generation, *, resume_from: int) -> AsyncIterator[st
                 except TimeoutError:
                     yield sse.comment("keepalive")
     finally:
-        generation.watchers.discard(waker)
-        if not generation.watchers and not generation.finished:
-            # Nobody is left to see this reply: close the upstream request rather than pay for it.
-            generation.stop(NOBODY_WATCHING)
+        # The reply decides what a departure means (see Generation.watchers_changed).
+        generation.detach(waker)
 
 
-def delta_events(generation: Generation, *, start: int, end: int) -> str:
-    """One event per kind for the parts in [start, end): coalesced, so a burst is one write."""
-    text = generation.text(TEXT, start=start, end=end)
-    thinking = generation.text(streaming.THINKING, start=start, end=end)
-    chunk = ""
-    if thinking:
-        chunk += sse.event("thinking", escape(thinking), id=end)
-    if text:
-        chunk += sse.event("text", escape(text), id=end)
-    return chunk
+class LiveView:
+    """What one connection has shown of a live reply, and the events that bring its page up to date.
+
+    `text` and `thinking` events start with the new raw text, escaped (the page discards it for
+    `text`; it is what the reply stores, so the stream can be checked against the row). A `text`
+    event then carries out-of-band swaps: markdown blocks that are finished, appended once, and
+    the open tail block, replaced; see rendering.LiveMarkdown for when each is rendered.
+    """
+
+    def __init__(self, generation: LiveReply, *, resume_from: int) -> None:
+        self.generation = generation
+        self.pk = generation.reply.pk
+        self.markdown = LiveMarkdown()
+        # A reconnect resumes the raw text at its Last-Event-ID, but its first render replaces the
+        # page's blocks, so the page and this connection agree on which blocks are frozen.
+        self.markdown.feed(generation.text(TEXT, end=resume_from))
+        self.fed = resume_from
+        self.last_id = resume_from
+        self.replace_blocks = True
+        self.replace_thinking = resume_from == 0  # a fresh connection may find stale text on the page
+
+    @property
+    def rendering_pending(self) -> bool:
+        return bool(self.markdown.tail) or self.markdown.fresh > 0
+
+    def delta_events(self, *, start: int, end: int, final: bool) -> str:
+        """Events for the parts in [start, end), or "" to wait for more before a worthwhile render."""
+        generation = self.generation
+        self.markdown.feed(generation.text(TEXT, start=self.fed, end=end))
+        self.fed = end
+        thinking = generation.text(THINKING, start=start, end=end)
+        render = final or self.markdown.due()
+        if not thinking and not render:
+            return ""
+        # Only a final render with no new parts goes out past the last part's id (then come error and done).
+        self.last_id = end if end > self.last_id else self.last_id + 1
+        chunk = sse.event("thinking", self._thinking(thinking), id=self.last_id) if thinking else ""
+        text = generation.text(TEXT, start=start, end=end)
+        if text or render:
+            data = escape(text) + (self._render(final=final) if render else "")
+            chunk += sse.event("text", data, id=self.last_id)
+        return chunk
+
+    def _thinking(self, thinking: str) -> str:
+        data = escape(thinking)
+        if self.replace_thinking:
+            self.replace_thinking = False
+            data += format_html('<div hx-swap-oob="innerHTML:#thinking-{}"></div>', self.pk)
+        return data
+
+    def _render(self, *, final: bool) -> str:
+        frozen, tail = self.markdown.flush(final=final)
+        swaps = ""
+        if frozen or self.replace_blocks:
+            how = "innerHTML" if self.replace_blocks else "beforeend"
+            swaps += format_html('<div hx-swap-oob="{}:#blocks-{}">{}</div>', how, self.pk, mark_safe(frozen))  # noqa: S308
+            self.replace_blocks = False
+        return swaps + format_html('<div hx-swap-oob="innerHTML:#tail-{}">{}</div>', self.pk, mark_safe(tail))  # noqa: S308
 
 
 def final_events(reply: Message, *, next_id: int) -> list[str]:
@@ -88,27 +157,6 @@ def final_events(reply: Message, *, next_id: int) -> list[str]:
         next_id += 1
     events.append(sse.event("done", render_to_string("chat/conversation.html#message", {"message": reply}), id=next_id))
     return events
-
-
-async def follow_stored(reply: Message) -> AsyncIterator[str]:
-    """A reply another process is writing: show its checkpoints until it finishes."""
-    shown, ticks = None, 0
-    while True:
-        current = await Message.objects.aget(pk=reply.pk)
-        if current.is_finished:
-            for chunk in final_events(current, next_id=ticks + 1):
-                yield chunk
-            return
-        if generation := streaming.live(reply.pk):  # it moved into this process after all
-            yield sse.event("snapshot", "", id=ticks)  # start over from the generation's first part
-            async for chunk in watch(generation, resume_from=0):
-                yield chunk
-            return
-        ticks += 1
-        if current.content != shown:
-            shown = current.content
-            yield sse.event("snapshot", escape(current.content), id=ticks)
-        await asyncio.sleep(FOLLOW_POLL_SECONDS)
 
 
 def parse_event_id(value: str | None) -> int:

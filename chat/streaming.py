@@ -10,7 +10,8 @@ from contextlib import aclosing
 
 from django.conf import settings
 
-from chat import catalog, pricing
+from chat import catalog, fanout, live, pricing
+from chat.live import TEXT, THINKING, LiveReply, Shutdown
 from chat.models import Message, Status, UsageSource
 from chat.providers import (
     Event,
@@ -25,27 +26,23 @@ from chat.providers import (
 
 logger = logging.getLogger(__name__)
 
-TEXT, THINKING = 0, 1
 STOPPED_BY_USER = "stopped"
 NOBODY_WATCHING = "unwatched"
 SHUTTING_DOWN = "shutdown"
 
 
-class Generation:
-    """One reply being written, owned by the process that claimed it.
+class Generation(LiveReply):
+    """One reply being written, owned by the process that claimed it, not by any one response.
 
-    Deltas are kept as an append-only list of parts; a watcher remembers how many parts it has
-    sent, so it can never miss or repeat one, and several deltas that arrive while it is busy
-    go out together in one write.
+    Watchers in this process read its parts directly; other processes follow it through
+    `fanout` (Subscribers). When nobody has watched it for CHAT_UNWATCHED_TIMEOUT seconds
+    (0: the moment the last watcher leaves) the upstream request is cancelled.
     """
 
-    def __init__(self, reply: Message) -> None:
-        self.reply = reply
-        self.parts: list[str] = []
-        self.kinds = bytearray()
-        self.notice = ""
-        self.watchers: set[asyncio.Event] = set()
-        self.finished = False
+    def __init__(self, reply: Message, hub: fanout.Hub) -> None:
+        super().__init__(reply)
+        self.hub = hub
+        self.remote = fanout.Subscribers()
         self.task: asyncio.Task[None] | None = None
         self.stop_reason_requested = ""
         self.usage: Usage | None = None
@@ -53,35 +50,69 @@ class Generation:
         self.prompt_chars = 0
         self.started = time.monotonic()
         self.first_token_at: float | None = None
-
-    @property
-    def version(self) -> int:
-        return len(self.parts)
-
-    def text(self, kind: int = TEXT, *, start: int = 0, end: int | None = None) -> str:
-        parts, kinds = self.parts, self.kinds
-        return "".join(parts[i] for i in range(start, len(parts) if end is None else end) if kinds[i] == kind)
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._unwatched_timer: asyncio.TimerHandle | None = None
 
     def stop(self, reason: str) -> None:
-        """Cancel the upstream request now; the reply is stored as cancelled with what it has."""
+        """Cancel the upstream request now; the reply is stored with what it has."""
         if self.task and not self.task.done() and not self.stop_reason_requested:
             self.stop_reason_requested = reason
             self.task.cancel()
-
-    def _wake(self) -> None:
-        for waker in self.watchers:
-            waker.set()
 
     def _publish(self, kind: int, text: str) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
         self.parts.append(text)
         self.kinds.append(kind)
-        self._wake()
+        for waker in self.watchers:
+            waker.set()
+        if self.remote and self._flush_timer is None:
+            # Other processes get a frame's worth of parts in one message, not one per token.
+            self._flush_timer = asyncio.get_running_loop().call_later(fanout.FLUSH_SECONDS, self._flush_remote)
+
+    def _flush_remote(self) -> None:
+        self._flush_timer = None
+        self.remote.flush(self.hub, self)
+        if not self.remote:
+            self.watchers_changed()
+
+    def on_remote(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "watch":
+            self.remote.add(message["channel"], int(message["start"]))
+            self.remote.flush(self.hub, self, force=True)  # the answer tells the follower we are alive
+        elif kind == "unwatch":
+            self.remote.remove(message["channel"])
+        elif kind == "stop":
+            self.stop(STOPPED_BY_USER)
+        self.watchers_changed()
+
+    def watchers_changed(self) -> None:
+        if self.finished or Shutdown.requested:
+            return
+        self.remote.expire()
+        if self.watchers or self.remote:
+            if self._unwatched_timer:
+                self._unwatched_timer.cancel()
+                self._unwatched_timer = None
+            return
+        timeout = settings.CHAT_UNWATCHED_TIMEOUT
+        if timeout <= 0:
+            self.stop(NOBODY_WATCHING)
+        elif self._unwatched_timer is None:
+            self._unwatched_timer = asyncio.get_running_loop().call_later(timeout, self._unwatched_for_too_long)
+
+    def _unwatched_for_too_long(self) -> None:
+        self._unwatched_timer = None
+        self.remote.expire()
+        if not self.watchers and not self.remote:
+            self.stop(NOBODY_WATCHING)
 
     def _announce(self, notice: str) -> None:
         self.notice = notice
-        self._wake()
+        self.wake()
+        if self.remote:
+            self.remote.flush(self.hub, self)
 
     async def run(self) -> None:
         status, error = Status.COMPLETED, ""
@@ -169,8 +200,13 @@ class Generation:
             logger.exception("could not store the end of reply %s", self.reply.pk)
         finally:
             self.finished = True
-            _live.pop(self.reply.pk, None)
-            self._wake()
+            live.owned.pop(self.reply.pk, None)
+            for timer in (self._flush_timer, self._unwatched_timer):
+                if timer:
+                    timer.cancel()
+            self.remote.finished(self.hub, self)
+            self.wake()
+            await self.hub.leave(self.reply.pk)
 
     def final_usage(self, *, content: str, thinking: str) -> Usage:
         reported = self.usage or Usage(source=UsageSource.UNKNOWN)
@@ -197,41 +233,57 @@ def backoff_delay(attempt: int, retry_after: float | None) -> float:
     return min(max(wanted, 0.0), settings.CHAT_RETRY_MAX_DELAY)
 
 
-# The replies this process is generating, by message id.
-_live: dict[int, Generation] = {}
-
-
-def live(reply_id: int) -> Generation | None:
-    return _live.get(reply_id)
-
-
 def live_ids() -> list[int]:
-    return list(_live)
+    return list(live.owned)
 
 
-async def start_or_join(reply: Message) -> Generation | None:
-    """The live generation for this reply, starting it if the reply is still queued.
+async def start_or_join(reply: Message) -> LiveReply | None:
+    """What a browser connection should watch for this reply, starting it if it is still queued.
 
     The claim is a conditional UPDATE, so of two concurrent requests exactly one starts the
-    upstream call. None means another process owns the reply (or it has just finished).
+    upstream call; the other joins it here, or follows it from another process. None means the
+    reply is finished (read the row) or that this worker is shutting down and claims nothing new.
     """
-    if generation := _live.get(reply.pk):
-        return generation
-    if reply.status == Status.QUEUED and await reply.aclaim():
-        generation = _live[reply.pk] = Generation(reply)
-        generation.task = asyncio.create_task(generation.run(), name=f"reply-{reply.pk}")
-        return generation
-    return _live.get(reply.pk)
-
-
-def stop_all(reason: str) -> None:
-    for generation in list(_live.values()):
-        generation.stop(reason)
+    if (local := live.owned.get(reply.pk) or live.mirrors.get(reply.pk)) is not None:
+        return local
+    hub = await fanout.hub()
+    if reply.status == Status.QUEUED:
+        if Shutdown.requested:
+            return None
+        if await reply.aclaim():
+            generation = Generation(reply, hub)
+            live.owned[reply.pk] = generation
+            await hub.join(reply.pk)
+            generation.task = asyncio.create_task(generation.run(), name=f"reply-{reply.pk}")
+            return generation
+        reply = await Message.objects.aget(pk=reply.pk)
+    if (local := live.owned.get(reply.pk) or live.mirrors.get(reply.pk)) is not None:
+        return local
+    if reply.status != Status.STREAMING:
+        return None
+    mirror = fanout.Mirror(reply, hub)
+    mirror.start()
+    return mirror
 
 
 async def request_stop(reply: Message) -> None:
-    """Stop pressed: cancel the live generation here, or close a reply that never started."""
-    if generation := _live.get(reply.pk):
+    """Stop pressed: cancel the generation wherever it runs, or close a reply that never started."""
+    if (generation := live.owned.get(reply.pk)) is not None:
         generation.stop(STOPPED_BY_USER)
     elif reply.status == Status.QUEUED:
         await reply.afinish(status=Status.CANCELLED, content="")
+    else:
+        fanout.request_remote_stop(await fanout.hub(), reply.pk)
+
+
+async def drain(*, grace: float) -> None:
+    """Shutdown: claim nothing new, let running replies finish for `grace` seconds, then interrupt
+    the rest; their rows are closed as interrupted with their text."""
+    Shutdown.requested = True
+    deadline = time.monotonic() + grace
+    while live.owned and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    generations = [g for g in live.owned.values() if isinstance(g, Generation)]
+    for generation in generations:
+        generation.stop(SHUTTING_DOWN)
+    await asyncio.gather(*(g.task for g in generations if g.task), return_exceptions=True)

@@ -196,6 +196,12 @@ CHAT_INTERRUPTED_AFTER = env_float("CHAT_INTERRUPTED_AFTER", 30)
 # "aiohttp" (httpx API over aiohttp's transport, measured fastest) or "httpx" (httpx's own).
 CHAT_HTTP_TRANSPORT = os.environ.get("CHAT_HTTP_TRANSPORT", "aiohttp")
 CHAT_MAX_CONNECTIONS = env_int("CHAT_MAX_CONNECTIONS", 2000)
+# A reply nobody watches (every tab closed) is cancelled after this many seconds; 0 cancels it the
+# moment the last watcher leaves. Long enough to survive a refresh or a network switch.
+CHAT_UNWATCHED_TIMEOUT = env_float("CHAT_UNWATCHED_TIMEOUT", 30)
+# On SIGTERM, running replies get this long to finish before they are interrupted (PaaS allow 30 s).
+CHAT_SHUTDOWN_GRACE = env_float("CHAT_SHUTDOWN_GRACE", 20)
+CHAT_FOLLOWER_LEASE = env_float("CHAT_FOLLOWER_LEASE", 15)
 # Demo model pacing, seconds per token; tests set it to 0.
 CHAT_DEMO_INTERVAL = env_float("CHAT_DEMO_INTERVAL", 0.03)
 # In DEBUG `make run` creates this local account; production never has a default account.

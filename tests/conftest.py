@@ -35,6 +35,8 @@ SERVER_ENV = {
     "CHAT_CHECKPOINT_SECONDS": "0.2",
     "CHAT_DEMO_INTERVAL": "0.001",
     "CHAT_MAX_MESSAGE_CHARS": "2000",
+    # The failure-table tests check that a closed tab cancels at once; resume tests set their own.
+    "CHAT_UNWATCHED_TIMEOUT": "0",
 }
 
 
@@ -174,18 +176,23 @@ class BrowserStream:
         return [e.event for e in self.events]
 
     def text(self) -> str:
-        """The visible text the browser appended live (HTML-unescaped), as a user saw it grow."""
-        import html
+        """The visible text the browser was sent live (HTML-unescaped), as a user saw it grow.
 
-        return "".join(html.unescape(e.data) for e in self.events if e.event == "text")
+        Each `text` and `thinking` event starts with its raw delta, escaped, so it holds no `<`; the
+        rendered markdown follows it as out-of-band swaps (see relay.LiveView)."""
+        return "".join(raw_delta(e.data) for e in self.events if e.event == "text")
 
     def thinking(self) -> str:
-        import html
-
-        return "".join(html.unescape(e.data) for e in self.events if e.event == "thinking")
+        return "".join(raw_delta(e.data) for e in self.events if e.event == "thinking")
 
     def first(self, name: str) -> StreamEvent:
         return next(e for e in self.events if e.event == name)
+
+
+def raw_delta(data: str) -> str:
+    import html
+
+    return html.unescape(data.split("<", 1)[0])
 
 
 def parse_stream(raw: str, times: list[tuple[int, float]] | None = None) -> list[StreamEvent]:

@@ -1,0 +1,73 @@
+"""A reply as its watchers see it while it is written: append-only parts, a notice, then a finish."""
+
+from __future__ import annotations
+
+import asyncio
+
+from chat.models import Message
+
+TEXT, THINKING = 0, 1
+
+
+class LiveReply:
+    """What a browser connection reads from, whether the reply is written here or in another process.
+
+    Parts are append-only and an event id is a count of parts, so a watcher that remembers how
+    many it has sent can never miss or repeat one, and a reconnect with `Last-Event-ID: N` resumes
+    at part N exactly. Several parts that arrive while a watcher is busy go out in one write.
+    """
+
+    def __init__(self, reply: Message) -> None:
+        self.reply = reply
+        self.parts: list[str] = []
+        self.kinds = bytearray()
+        self.notice = ""
+        self.watchers: set[asyncio.Event] = set()
+        self.finished = False
+
+    @property
+    def version(self) -> int:
+        return len(self.parts)
+
+    def text(self, kind: int = TEXT, *, start: int = 0, end: int | None = None) -> str:
+        parts, kinds = self.parts, self.kinds
+        return "".join(parts[i] for i in range(start, len(parts) if end is None else end) if kinds[i] == kind)
+
+    def extend(self, parts: list[str], kinds: bytes | bytearray) -> None:
+        self.parts.extend(parts)
+        self.kinds.extend(kinds)
+        self.wake()
+
+    def wake(self) -> None:
+        for waker in self.watchers:
+            waker.set()
+
+    def attach(self) -> asyncio.Event:
+        waker = asyncio.Event()
+        self.watchers.add(waker)
+        self.watchers_changed()
+        return waker
+
+    def detach(self, waker: asyncio.Event) -> None:
+        self.watchers.discard(waker)
+        self.watchers_changed()
+
+    async def ready(self) -> None:
+        """Return once the parts are the owner's (a follower first waits for the owner's answer)."""
+
+    def watchers_changed(self) -> None:
+        """Hook: the owner decides when an unwatched reply is cancelled, a follower when to let go."""
+
+    def stop(self, reason: str) -> None:
+        raise NotImplementedError
+
+
+# Replies this process is writing (Generations) and replies it follows for another process (mirrors).
+owned: dict[int, LiveReply] = {}
+mirrors: dict[int, LiveReply] = {}
+
+
+class Shutdown:
+    """Set when the worker has been asked to stop: it claims no new replies and drains the ones it has."""
+
+    requested = False

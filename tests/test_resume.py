@@ -1,0 +1,172 @@
+"""Resumable, multi-worker streams: two daphne processes sharing the database and the Redis channel layer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from chat.models import Message, Status
+from tests.conftest import BrowserStream, ChatClient, LiveServer, wait_for_status
+from tests.fake_upstream import Scenario
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not os.environ.get("REDIS_URL"),
+        reason="needs REDIS_URL: workers in separate processes share replies only through the Redis channel layer",
+    ),
+]
+
+WORKER_ENV = {"CHAT_UNWATCHED_TIMEOUT": "5", "CHAT_FOLLOWER_LEASE": "3", "CHAT_INTERRUPTED_AFTER": "1"}
+LONG = Scenario(tokens=300, interval=0.01)
+
+
+@pytest.fixture
+def workers(server_factory) -> tuple[LiveServer, LiveServer]:
+    return server_factory(**WORKER_ENV), server_factory(**WORKER_ENV)
+
+
+def in_background(target) -> tuple[threading.Thread, list]:
+    """Run a browser connection in a thread; a connection cut by a killed server records its error."""
+    results: list = []
+
+    def run() -> None:
+        try:
+            results.append(target())
+        except Exception as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, results
+
+
+def wait_for_text(reply: Message, length: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while len(Message.objects.get(pk=reply.pk).content) < length:
+        assert time.monotonic() < deadline, "the owner never checkpointed"
+        time.sleep(0.05)
+
+
+def test_a_reply_sent_through_one_worker_streams_through_another(workers, user, sim) -> None:
+    a, b = (ChatClient(worker, user) for worker in workers)
+    sim.enqueue(LONG)
+    reply = a.ask(a.conversation())
+    owner_thread, owner_stream = in_background(lambda: a.stream(reply))
+    wait_for_text(reply, 1)  # worker A has claimed it and is writing
+    follower = b.stream(reply)
+    owner_thread.join(20)
+    reply.refresh_from_db()
+    assert reply.status == Status.COMPLETED and len(sim.log) == 1
+    assert follower.names()[-1] == "done"
+    # B joined mid-reply without Last-Event-ID: it is sent every part from the start.
+    assert follower.text() == reply.content == owner_stream[0].text()
+
+
+def test_a_reconnect_with_last_event_id_to_the_other_worker_loses_and_repeats_nothing(workers, user, sim) -> None:
+    a, b = (ChatClient(worker, user) for worker in workers)
+    sim.enqueue(LONG)
+    reply = a.ask(a.conversation())
+    first = a.stream(reply, stop_after=lambda s: len(s.text()) > 40)  # the connection drops here
+    last_id = [e for e in first.events if e.event == "text"][-1].id
+    resumed = b.stream(reply, last_event_id=last_id)
+    reply.refresh_from_db()
+    assert reply.status == Status.COMPLETED
+    assert first.text() + resumed.text() == reply.content
+    assert int(resumed.events[0].id) > int(last_id)
+
+
+def test_stop_through_one_worker_closes_the_upstream_request_of_the_other(workers, user, sim) -> None:
+    a, b = (ChatClient(worker, user) for worker in workers)
+    sim.enqueue(LONG)
+    reply = a.ask(a.conversation())
+    owner_thread, owner_stream = in_background(lambda: a.stream(reply))
+    wait_for_text(reply, 1)
+    pressed = time.monotonic()
+    assert b.stop(reply).status_code == 204
+    [request] = sim.wait_for(lambda log: log and log[0].closed_at is not None, timeout=5)
+    owner_thread.join(20)
+    assert request.end == "client_closed"
+    assert request.closed_at - pressed < 1.0
+    reply = wait_for_status(reply, {Status.CANCELLED})
+    assert owner_stream[0].text() == reply.content and 0 < len(reply.content) < len(sim.expected_text(LONG))
+
+
+def test_a_closed_tab_no_longer_cancels_until_nobody_has_watched_for_the_timeout(server_factory, user, sim) -> None:
+    chat = ChatClient(server_factory(**{**WORKER_ENV, "CHAT_UNWATCHED_TIMEOUT": "1"}), user)
+    sim.enqueue(Scenario(tokens=1000, interval=0.01))  # 10 s of reply
+    reply = chat.ask(chat.conversation())
+    chat.stream(reply, stop_after=lambda s: len(s.text()) > 20)
+    left = time.monotonic()
+    [request] = sim.wait_for(lambda log: log and log[0].closed_at is not None, timeout=5)
+    assert 1.0 <= request.closed_at - left < 2.0  # kept going for the timeout, then no longer
+    reply = wait_for_status(reply, {Status.CANCELLED})
+    assert len(reply.content) > 20
+
+
+def test_a_refresh_within_the_timeout_finds_the_reply_still_going(server_factory, user, sim) -> None:
+    chat = ChatClient(server_factory(**WORKER_ENV), user)
+    sim.enqueue(LONG)
+    reply = chat.ask(chat.conversation())
+    chat.stream(reply, stop_after=lambda s: len(s.text()) > 20)
+    time.sleep(0.5)  # the page reloads
+    again = chat.stream(reply)
+    reply.refresh_from_db()
+    assert reply.status == Status.COMPLETED and len(sim.log) == 1
+    assert again.text() == reply.content  # a fresh load without Last-Event-ID gets it all
+
+
+def test_a_killed_owner_leaves_an_interrupted_row_and_its_followers_are_told(workers, user, sim) -> None:
+    a_server, _ = workers
+    a, b = (ChatClient(worker, user) for worker in workers)
+    sim.enqueue(Scenario(tokens=3000, interval=0.005))
+    reply = a.ask(a.conversation())
+    owner_thread, _ = in_background(lambda: a.stream(reply))
+    wait_for_text(reply, 200)
+    follower_thread, follower = in_background(lambda: b.stream(reply, timeout=30))
+    time.sleep(0.5)
+    os.kill(a_server.process.pid, signal.SIGKILL)
+    follower_thread.join(30)
+    owner_thread.join(5)
+    reply.refresh_from_db()
+    assert reply.status == Status.INTERRUPTED  # closed by worker B's sweep
+    stream: BrowserStream = follower[0]
+    assert stream.names()[-1] == "done" and "it shows what was saved" in stream.events[-1].data
+    # The follower showed the owner's live parts, then the checkpoints: never more than was saved.
+    assert reply.content.startswith(stream.text()) or stream.text().startswith(reply.content)
+
+
+def test_sigterm_drains_then_interrupts_and_the_browser_resumes_on_the_other_worker(server_factory, user, sim) -> None:
+    a_server = server_factory(**WORKER_ENV, CHAT_SHUTDOWN_GRACE="1")
+    b_server = server_factory(**WORKER_ENV)
+    a, b = ChatClient(a_server, user), ChatClient(b_server, user)
+    sim.enqueue(Scenario(tokens=1000, interval=0.01))
+    reply = a.ask(a.conversation())
+    seen = a.stream(
+        reply, stop_after=lambda s: len(s.text()) > 30 and (a_server.process.send_signal(signal.SIGTERM) or True)
+    )
+    terminated = time.monotonic()
+    last_id = [e for e in seen.events if e.event == "text"][-1].id
+    resumed = b.stream(reply, last_event_id=last_id)
+    assert a_server.process.wait(timeout=10) is not None
+    assert time.monotonic() - terminated < 10
+    reply.refresh_from_db()
+    assert reply.status == Status.INTERRUPTED  # the grace ran out before the reply's 10 s
+    assert seen.text() + resumed.text() == reply.content
+    [request] = sim.log
+    assert request.end == "client_closed"
+
+
+def test_sigterm_lets_a_short_reply_finish(server_factory, user, sim) -> None:
+    a_server = server_factory(**WORKER_ENV, CHAT_SHUTDOWN_GRACE="10")
+    a = ChatClient(a_server, user)
+    sim.enqueue(Scenario(tokens=100, interval=0.01))
+    reply = a.ask(a.conversation())
+    a.stream(reply, stop_after=lambda s: len(s.text()) > 10 and (a_server.process.send_signal(signal.SIGTERM) or True))
+    a_server.process.wait(timeout=15)
+    reply.refresh_from_db()
+    assert reply.status == Status.COMPLETED and reply.content == sim.expected_text(Scenario(tokens=100))
