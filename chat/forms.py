@@ -12,7 +12,9 @@ class MessageForm(forms.Form):
     text = forms.CharField(
         strip=True,
         error_messages={"required": "Type a message first."},
-        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "Send a message"}),
+        widget=forms.Textarea(
+            attrs={"rows": 1, "placeholder": "Send a message", "aria-describedby": "composer-hint", "autofocus": True}
+        ),
     )
     model = forms.CharField(required=False)
     # A one-time key rendered into the form: a double submit of the same form finds the first reply.
@@ -28,7 +30,47 @@ class MessageForm(forms.Form):
         return text
 
     def clean_model(self) -> str:
-        model = self.cleaned_data.get("model", "")
-        if model and not catalog.is_offered(model):
-            raise forms.ValidationError("That model is not available here.")
-        return model
+        return offered(self.cleaned_data.get("model", ""))
+
+
+def offered(model: str) -> str:
+    if model and not catalog.is_offered(model):
+        raise forms.ValidationError("That model is not available here.")
+    return model
+
+
+class NewConversationForm(MessageForm):
+    """The first page's composer: with text it starts the conversation with that question."""
+
+    text = forms.CharField(
+        required=False,
+        strip=True,
+        widget=forms.Textarea(
+            attrs={"rows": 1, "placeholder": "Ask anything", "aria-describedby": "composer-hint", "autofocus": True}
+        ),
+    )
+
+
+class RenameForm(forms.Form):
+    title = forms.CharField(required=False, max_length=200, strip=True)
+
+
+class SettingsForm(forms.Form):
+    """A conversation's model and system prompt; a field left out of the POST is left unchanged."""
+
+    model = forms.CharField(required=False)
+    system_prompt = forms.CharField(required=False, strip=True, widget=forms.Textarea(attrs={"rows": 4}))
+
+    def clean_model(self) -> str:
+        return offered(self.cleaned_data.get("model", ""))
+
+    def clean_system_prompt(self) -> str:
+        prompt = self.cleaned_data.get("system_prompt", "")
+        if len(prompt) > settings.CHAT_MAX_MESSAGE_CHARS:
+            raise forms.ValidationError(
+                f"The system prompt is limited to {settings.CHAT_MAX_MESSAGE_CHARS:,} characters."
+            )
+        return prompt
+
+    def changes(self) -> dict[str, str]:
+        return {name: value for name, value in self.cleaned_data.items() if name in self.data}

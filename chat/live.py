@@ -31,7 +31,13 @@ class LiveReply:
 
     def text(self, kind: int = TEXT, *, start: int = 0, end: int | None = None) -> str:
         parts, kinds = self.parts, self.kinds
-        return "".join(parts[i] for i in range(start, len(parts) if end is None else end) if kinds[i] == kind)
+        end = len(parts) if end is None else end
+        # Most replies have one kind of part, or runs of one: then a slice, not a test per part.
+        if kinds.find(THINKING if kind == TEXT else TEXT, start, end) < 0:
+            return "".join(parts[start:end])
+        if kinds.find(kind, start, end) < 0:
+            return ""
+        return "".join(parts[i] for i in range(start, end) if kinds[i] == kind)
 
     def extend(self, parts: list[str], kinds: bytes | bytearray) -> None:
         self.parts.extend(parts)

@@ -33,6 +33,7 @@ class Status(models.TextChoices):
 
 FINISHED = (Status.COMPLETED, Status.CANCELLED, Status.FAILED, Status.INTERRUPTED)
 TRUNCATION_STOP_REASONS = frozenset({"max_tokens", "length", "model_length_exceeded"})
+NORMAL_STOP_REASONS = frozenset({"", "end_turn", "stop"})
 
 
 # Finished replies that have no cost (usage unknown, or no price for the model), except those stopped
@@ -52,6 +53,26 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
     def for_user(self, user: AbstractBaseUser) -> ConversationQuerySet:
         return self.filter(user=user)
 
+    def without_messages(self) -> ConversationQuerySet:
+        return self.filter(messages__isnull=True)
+
+    def start(self, *, user: AbstractBaseUser, model: str) -> Conversation:
+        """A conversation to write in: the user's untouched one if there is one, so that pressing
+        New chat twice does not leave a trail of empty conversations; else a new one."""
+        conversation = self.for_user(user).without_messages().filter(title="").first()
+        if conversation is None:
+            return self.create(user=user, model=model)
+        conversation.configure(model=model)
+        return conversation
+
+
+class NotTheLatestReply(Exception):
+    """Retry, Regenerate and Continue act on the conversation's last message only."""
+
+
+# What Continue sends as the user's turn: providers want a user turn before each reply.
+CONTINUE_PROMPT = "Continue exactly where you stopped."
+
 
 class Conversation(models.Model):
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="conversations")
@@ -69,6 +90,48 @@ class Conversation(models.Model):
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
+
+    def rename(self, title: str) -> None:
+        # An empty title falls back to "Conversation N"; renaming does not move it up the list.
+        self.title = " ".join(title.split())[:200]
+        self.save(update_fields=["title"])
+
+    def configure(self, *, model: str | None = None, system_prompt: str | None = None) -> None:
+        """Change the model and/or the system prompt; None leaves a setting as it is."""
+        fields = []
+        if model is not None and model != self.model:
+            self.model = model
+            fields.append("model")
+        if system_prompt is not None and system_prompt != self.system_prompt:
+            self.system_prompt = system_prompt
+            fields.append("system_prompt")
+        if fields:
+            self.save(update_fields=fields)
+
+    def regenerate(self, reply: Message) -> Message:
+        """A new queued reply to the same question (Retry after a failure, Regenerate otherwise).
+
+        The earlier reply stays, with its cost; the prompt leaves it out (see `latest_answers`).
+        """
+        self._check_latest(reply)
+        provider, _, model_name = self.model.partition(":")
+        with transaction.atomic():
+            self.save(update_fields=["updated_at"])
+            return Message.objects.create(
+                conversation=self, role=Role.ASSISTANT, status=Status.QUEUED, provider=provider, model=model_name
+            )
+
+    def continue_after(self, reply: Message) -> Message:
+        """Continue a reply cut off at the token limit: a short user turn asking for the rest, and a new reply."""
+        self._check_latest(reply)
+        if not reply.was_truncated:
+            raise NotTheLatestReply("Only a reply cut off at the token limit can be continued.")
+        return self.ask(text=CONTINUE_PROMPT)
+
+    def _check_latest(self, reply: Message) -> None:
+        latest = self.messages.order_by("-pk").first()
+        if latest is None or latest.pk != reply.pk or reply.role != Role.ASSISTANT or not latest.is_finished:
+            raise NotTheLatestReply("Only the latest finished reply can be retried, regenerated or continued.")
 
     def ask(self, *, text: str, model: str | None = None, request_key: str = "") -> Message:
         """Store the user's message and a queued reply in one transaction; a repeated request_key
@@ -193,6 +256,20 @@ class Message(models.Model):
     def model_id(self) -> str:
         return f"{self.provider}:{self.model}"
 
+    @property
+    def unusual_stop_reason(self) -> str:
+        """The provider's stop reason when it is not a normal end of the reply, else ""."""
+        return "" if self.stop_reason in NORMAL_STOP_REASONS else self.stop_reason
+
+    @property
+    def tokens_per_second(self) -> float | None:
+        """Output speed after the first token: output tokens over the time spent writing them."""
+        if self.output_tokens is None or self.ttft_ms is None or self.duration_ms is None:
+            return None
+        writing_ms = self.duration_ms - self.ttft_ms
+        # Under a quarter of a second the figure says more about timer and network jitter than the model.
+        return self.output_tokens * 1000 / writing_ms if writing_ms >= 250 else None
+
     async def aclaim(self) -> bool:
         """Move a queued reply to streaming; True only for the one caller that won the row."""
         now = timezone.now()
@@ -254,9 +331,8 @@ class Message(models.Model):
         """The turns before this reply, as a provider needs them, and the conversation's system prompt."""
         conversation = await Conversation.objects.aget(pk=self.conversation_id)
         earlier = Message.objects.filter(conversation_id=self.conversation_id, pk__lt=self.pk).order_by("pk")
-        return turns_from([(m.role, m.content) async for m in earlier.only("role", "content")]), (
-            conversation.system_prompt
-        )
+        history = [(m.role, m.content) async for m in earlier.only("role", "content")]
+        return turns_from(latest_answers(history)), conversation.system_prompt
 
     @classmethod
     def sweep_interrupted(cls, *, older_than: timedelta) -> int:
@@ -276,6 +352,22 @@ def interrupted_values() -> dict[str, object]:
         "error": "The server stopped while this reply was being written; it shows what was saved.",
         "finished_at": timezone.now(),
     }
+
+
+def latest_answers(history: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The history as the model should see it after Retry or Regenerate: of several replies in a row
+    to one question only the last with text counts, and replies after the last question are dropped
+    (they are the attempts the reply being written replaces)."""
+    kept: list[tuple[str, str]] = []
+    for role, content in history:
+        if role == Role.ASSISTANT and kept and kept[-1][0] == Role.ASSISTANT:
+            if content.strip():
+                kept[-1] = (role, content)
+            continue
+        kept.append((role, content))
+    if kept and kept[-1][0] == Role.ASSISTANT:
+        kept.pop()
+    return kept
 
 
 def turns_from(history: list[tuple[str, str]]) -> list[Turn]:
@@ -305,20 +397,35 @@ class ModelPrice(models.Model):
     provider = models.CharField(max_length=50, help_text="As in provider:model, e.g. openai.")
     model = models.CharField(max_length=200, help_text="The model id as requested, e.g. gpt-4o-mini.")
     effective_from = models.DateField(help_text="UTC date from which replies are priced with this row.")
-    input_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, help_text="USD per million input tokens.")
-    output_per_mtok = models.DecimalField(max_digits=14, decimal_places=6, help_text="USD per million output tokens.")
+    input_per_mtok = models.DecimalField(
+        "input price", max_digits=14, decimal_places=6, help_text="USD per million input tokens."
+    )
+    output_per_mtok = models.DecimalField(
+        "output price", max_digits=14, decimal_places=6, help_text="USD per million output tokens."
+    )
     cache_read_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, help_text="Blank: cache reads cost the input price."
-    )
-    cache_write_per_mtok = models.DecimalField(
-        max_digits=14, decimal_places=6, null=True, blank=True, help_text="Blank: cache writes cost the input price."
-    )
-    reasoning_per_mtok = models.DecimalField(
+        "cache read price",
         max_digits=14,
         decimal_places=6,
         null=True,
         blank=True,
-        help_text="Only if reasoning tokens are billed differently; blank: they are output tokens at the output price.",
+        help_text="USD per million cache-read tokens. Blank: they cost the input price.",
+    )
+    cache_write_per_mtok = models.DecimalField(
+        "cache write price",
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per million cache-write tokens. Blank: they cost the input price.",
+    )
+    reasoning_per_mtok = models.DecimalField(
+        "reasoning price",
+        max_digits=14,
+        decimal_places=6,
+        null=True,
+        blank=True,
+        help_text="USD per million reasoning tokens, only if billed apart from output. Blank: output price.",
     )
     note = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
+from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+from django.db.models import Case, Value, When
+from django.utils import timezone
 
 from chat import catalog, fanout, live, pricing
 from chat.live import TEXT, THINKING, LiveReply, Shutdown
@@ -50,6 +55,8 @@ class Generation(LiveReply):
         self.prompt_chars = 0
         self.started = time.monotonic()
         self.first_token_at: float | None = None
+        self.saved_version = 0  # parts already in the row's last checkpoint
+        self.checkpoint_due = float("inf")
         self._flush_timer: asyncio.TimerHandle | None = None
         self._unwatched_timer: asyncio.TimerHandle | None = None
 
@@ -157,8 +164,11 @@ class Generation(LiveReply):
                 self._announce("")
 
     async def _consume(self, events: AsyncIterator[Event]) -> None:
-        checkpoint_every = settings.CHAT_CHECKPOINT_SECONDS
-        next_checkpoint = time.monotonic() + checkpoint_every
+        # Partial text is saved about once a second, but by this process's checkpointer, which writes
+        # every reply that is due in one statement: nothing here touches the database or leaves this thread.
+        wanted = checkpointer()
+        every = settings.CHAT_CHECKPOINT_SECONDS
+        self.checkpoint_due = time.monotonic() + every
         async with aclosing(events):
             async for event in events:
                 kind = type(event)
@@ -168,16 +178,12 @@ class Generation(LiveReply):
                     self._publish(THINKING, event.text)  # type: ignore[union-attr]
                 elif kind is UsageUpdate:
                     self.usage = event.usage  # type: ignore[union-attr]
-                    continue
                 elif kind is Stop:
                     self.stop_reason = event.reason  # type: ignore[union-attr]
-                    continue
                 elif kind is StreamError:
                     raise ProviderError(event.message, retryable=event.retryable)  # type: ignore[union-attr]
-                # Bounded persistence: at most one write a second however fast tokens arrive.
-                if time.monotonic() >= next_checkpoint:
-                    await self.reply.acheckpoint(content=self.text(TEXT), thinking=self.text(THINKING))
-                    next_checkpoint = time.monotonic() + checkpoint_every
+                if time.monotonic() >= self.checkpoint_due:
+                    wanted.set()
 
     async def _finish(self, *, status: Status, error: str) -> None:
         content, thinking = self.text(TEXT), self.text(THINKING)
@@ -198,6 +204,7 @@ class Generation(LiveReply):
         except Exception:
             # The row stays `streaming` and the sweep will close it as interrupted with its checkpoint.
             logger.exception("could not store the end of reply %s", self.reply.pk)
+            await forget_connection()
         finally:
             self.finished = True
             live.owned.pop(self.reply.pk, None)
@@ -244,6 +251,13 @@ async def start_or_join(reply: Message) -> LiveReply | None:
     upstream call; the other joins it here, or follows it from another process. None means the
     reply is finished (read the row) or that this worker is shutting down and claims nothing new.
     """
+    try:
+        return await _start_or_join(reply)
+    finally:
+        await release_request_thread()
+
+
+async def _start_or_join(reply: Message) -> LiveReply | None:
     if (local := live.owned.get(reply.pk) or live.mirrors.get(reply.pk)) is not None:
         return local
     hub = await fanout.hub()
@@ -254,7 +268,11 @@ async def start_or_join(reply: Message) -> LiveReply | None:
             generation = Generation(reply, hub)
             live.owned[reply.pk] = generation
             await hub.join(reply.pk)
-            generation.task = asyncio.create_task(generation.run(), name=f"reply-{reply.pk}")
+            # Its own context, not a copy of this request's: its few database calls then share one
+            # thread and one connection for the process instead of holding this request's for minutes.
+            generation.task = asyncio.create_task(
+                generation.run(), name=f"reply-{reply.pk}", context=contextvars.Context()
+            )
             return generation
         reply = await Message.objects.aget(pk=reply.pk)
     if (local := live.owned.get(reply.pk) or live.mirrors.get(reply.pk)) is not None:
@@ -287,3 +305,92 @@ async def drain(*, grace: float) -> None:
     for generation in generations:
         generation.stop(SHUTTING_DOWN)
     await asyncio.gather(*(g.task for g in generations if g.task), return_exceptions=True)
+
+
+async def release_request_thread() -> None:
+    """A stream's request now only waits for parts, for minutes: give back its database connection and
+    the thread Django's ASGI handler keeps for its sync work (asgiref starts one per request).
+
+    Measured: with both held, PostgreSQL's default 100 connections ran out at C=100, and each open
+    stream cost ~250 KiB of RSS, mostly that idle thread. Later sync work in this request (its
+    request_finished signal) simply gets a new thread, as a request's first sync call does.
+    """
+    await sync_to_async(close_old_connections)()
+    # asgiref keeps the per-request executor in a class-level map; without it (another asgiref), keep the thread.
+    context_var = getattr(SyncToAsync, "thread_sensitive_context", None)
+    executors = getattr(SyncToAsync, "context_to_thread_executor", None)
+    context = context_var.get(None) if context_var is not None else None
+    if context is None or executors is None or getattr(context, "_executor", None) is not None:
+        return  # no per-request thread, or one its owner manages
+    executor = executors.pop(context, None)
+    if executor is not None:
+        executor.shutdown(wait=False)  # idle now: its thread ends at once
+
+
+# ----- checkpoints ---------------------------------------------------------------------------------
+
+_checkpointers: dict[asyncio.AbstractEventLoop, tuple[asyncio.Event, asyncio.Task[None]]] = {}
+
+
+def checkpointer() -> asyncio.Event:
+    """This loop's checkpointer, started on first use; set the event when a reply is due."""
+    loop = asyncio.get_running_loop()
+    running = _checkpointers.get(loop)
+    if running is None or running[1].done():
+        wanted = asyncio.Event()
+        # Outside any request's context, like the generations, so it shares their thread and connection.
+        task = loop.create_task(
+            checkpoint_forever(wanted), name="streamchat-checkpoints", context=contextvars.Context()
+        )
+        running = _checkpointers[loop] = (wanted, task)
+    return running[0]
+
+
+async def checkpoint_forever(wanted: asyncio.Event) -> None:
+    """Save the text of every reply that is due (CHAT_CHECKPOINT_SECONDS after its last checkpoint) in one
+    UPDATE: one statement and one thread hop for all of them, however many replies stream."""
+    every = settings.CHAT_CHECKPOINT_SECONDS
+    while True:
+        await wanted.wait()
+        wanted.clear()
+        now = time.monotonic()
+        due = [
+            g
+            for g in list(live.owned.values())
+            if isinstance(g, Generation) and g.version > g.saved_version and now >= g.checkpoint_due
+        ]
+        if due:
+            versions = [g.version for g in due]
+            rows = [(g.reply.pk, g.text(TEXT), g.text(THINKING)) for g in due]
+            try:
+                await sync_to_async(save_checkpoints)(rows)
+            except DatabaseError:
+                logger.exception("checkpoint of %d replies failed; will try again", len(rows))
+                await forget_connection()
+            else:
+                for generation, version in zip(due, versions, strict=True):
+                    generation.saved_version = version
+            now = time.monotonic()
+            for generation in due:
+                generation.checkpoint_due = now + every
+        # Replies falling due meanwhile go together into the next statement: at most four a period.
+        await asyncio.sleep(every / 4)
+
+
+def save_checkpoints(rows: list[tuple[int, str, str]]) -> None:
+    # Filtered on status so a checkpoint can never resurrect, or shorten, a row that was closed meanwhile.
+    for start in range(0, len(rows), 500):
+        batch = rows[start : start + 500]
+        Message.objects.filter(pk__in=[pk for pk, _, _ in batch], status=Status.STREAMING).update(
+            content=Case(*(When(pk=pk, then=Value(content)) for pk, content, _ in batch)),
+            thinking=Case(*(When(pk=pk, then=Value(thinking)) for pk, _, thinking in batch), default=Value("")),
+            checkpoint_at=timezone.now(),
+        )
+
+
+async def forget_connection() -> None:
+    """After a database error, drop this thread's connection so the next call opens a fresh one."""
+    try:
+        await sync_to_async(connection.close)()
+    except DatabaseError:
+        logger.warning("could not close a broken database connection", exc_info=True)

@@ -1,74 +1,214 @@
-"""Thin views: validate, call one thing, respond."""
+"""Thin views: validate, call one thing, respond. An htmx request gets the partial it swaps in."""
 
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import catalog, relay, sse, streaming
-from chat.forms import MessageForm
-from chat.models import Conversation, Message
+from chat import catalog, limits, relay, sse, streaming
+from chat.forms import MessageForm, NewConversationForm, RenameForm, SettingsForm
+from chat.models import CONTINUE_PROMPT, Conversation, Message, NotTheLatestReply
+
+PAGE = "chat/conversation.html"
 
 
 def composer_form(conversation: Conversation) -> MessageForm:
     return MessageForm(initial={"model": conversation.model, "request_key": uuid.uuid4().hex})
 
 
+def page_context(request: HttpRequest, conversation: Conversation | None = None, **extra: Any) -> dict[str, Any]:
+    """What every chat page shows around the conversation: the sidebar and the model picker."""
+    return {
+        "conversations": Conversation.objects.for_user(request.user),
+        "conversation": conversation,
+        "models": catalog.offered_models(),
+        "default_model": catalog.default_model(),
+        **extra,
+    }
+
+
+def conversation_context(request: HttpRequest, conversation: Conversation, form: MessageForm | None = None) -> dict:
+    return page_context(
+        request, conversation, chat_messages=conversation.messages.all(), form=form or composer_form(conversation)
+    )
+
+
+def users_conversation(request: HttpRequest, conversation_id: int) -> Conversation:
+    return get_object_or_404(Conversation.objects.for_user(request.user), pk=conversation_id)
+
+
+def users_reply(request: HttpRequest, message_id: int) -> Message:
+    return get_object_or_404(
+        Message.objects.for_user(request.user).replies().select_related("conversation"), pk=message_id
+    )
+
+
+def showing(request: HttpRequest, conversation: Conversation) -> bool:
+    """Whether the page that sent this htmx request is this conversation's page."""
+    return request.htmx.current_url_abs_path == reverse("chat:conversation", args=[conversation.pk])
+
+
+def page_notice(request: HttpRequest, conversation: Conversation, message: str, *, status: int) -> HttpResponse:
+    """An answer to an action in a reply's bubble that did nothing: said next to the composer (whose
+    typed text stays), or on the whole page without JavaScript."""
+    if not request.htmx:
+        return redirect("chat:conversation", conversation_id=conversation.pk)
+    response = render(request, f"{PAGE}#page_notice", {"notice": message}, status=status)
+    response["HX-Retarget"], response["HX-Reswap"] = "#composer-status", "innerHTML"
+    return response
+
+
+def refused(
+    request: HttpRequest, refusal: limits.Refusal, conversation: Conversation, form: MessageForm | None = None
+) -> HttpResponse:
+    """Refused before anything is stored or sent upstream; a form comes back with its text."""
+    if form is None and request.htmx:
+        response = page_notice(request, conversation, refusal.message, status=429)
+    else:
+        form = form or composer_form(conversation)
+        form.add_error(None, refusal.message)
+        response = with_composer(request, conversation, form, status=429)
+    response["Retry-After"] = str(refusal.retry_after)
+    return response
+
+
+def with_composer(request: HttpRequest, conversation: Conversation, form: MessageForm, *, status: int) -> HttpResponse:
+    """The composer with its errors and the text as typed: in place for htmx, else on the whole page."""
+    if not request.htmx:
+        return render(request, PAGE, conversation_context(request, conversation, form), status=status)
+    response = render(request, f"{PAGE}#composer", page_context(request, conversation, form=form), status=status)
+    response["HX-Retarget"], response["HX-Reswap"] = "#composer", "outerHTML"
+    return response
+
+
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
-    conversations = Conversation.objects.for_user(request.user)
-    return render(
-        request,
-        "chat/index.html",
-        {"conversations": conversations, "models": catalog.offered_models(), "default_model": catalog.default_model()},
-    )
+    form = NewConversationForm(initial={"model": catalog.default_model()})
+    return render(request, "chat/index.html", page_context(request, form=form))
 
 
 @login_required
 @require_POST
 def new_conversation(request: HttpRequest) -> HttpResponse:
-    model = request.POST.get("model") or catalog.default_model()
-    if not catalog.is_offered(model):
-        return HttpResponse("That model is not available here.", status=400)
-    conversation = Conversation.objects.create(user=request.user, model=model)
+    """New chat, or the first page's composer: with text, the conversation starts with that question."""
+    form = NewConversationForm(request.POST)
+    if not form.is_valid():
+        return render(request, "chat/index.html", page_context(request, form=form), status=400)
+    text, model = form.cleaned_data["text"], form.cleaned_data["model"] or catalog.default_model()
+    if text and (refusal := limits.refusal(request.user)):
+        form.add_error(None, refusal.message)
+        response = render(request, "chat/index.html", page_context(request, form=form), status=429)
+        response["Retry-After"] = str(refusal.retry_after)
+        return response
+    conversation = Conversation.objects.start(user=request.user, model=model)
+    if text:
+        conversation.ask(text=text, request_key=form.cleaned_data["request_key"])
     return redirect("chat:conversation", conversation_id=conversation.pk)
 
 
 @login_required
 def conversation_page(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conversation = get_object_or_404(Conversation.objects.for_user(request.user), pk=conversation_id)
-    return render(
-        request,
-        "chat/conversation.html",
-        {
-            "conversation": conversation,
-            "chat_messages": conversation.messages.all(),
-            "form": composer_form(conversation),
-            "models": catalog.offered_models(),
-        },
-    )
+    conversation = users_conversation(request, conversation_id)
+    return render(request, PAGE, conversation_context(request, conversation))
 
 
 @login_required
 @require_POST
 def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conversation = get_object_or_404(Conversation.objects.for_user(request.user), pk=conversation_id)
+    conversation = users_conversation(request, conversation_id)
     form = MessageForm(request.POST)
     if not form.is_valid():
-        context = {"conversation": conversation, "form": form, "models": catalog.offered_models()}
-        return render(request, "chat/conversation.html#composer", context, status=400)
+        return with_composer(request, conversation, form, status=400)
+    if refusal := limits.refusal(request.user):
+        return refused(request, refusal, conversation, form)
     data = form.cleaned_data
     reply = conversation.ask(text=data["text"], model=data["model"] or None, request_key=data["request_key"])
     if not request.htmx:
         return redirect("chat:conversation", conversation_id=conversation.pk)
-    context = {"conversation": conversation, "text": data["text"], "reply": reply, "form": composer_form(conversation)}
-    return render(request, "chat/conversation.html#exchange", context)
+    context = page_context(request, conversation, text=data["text"], reply=reply, form=composer_form(conversation))
+    return render(request, f"{PAGE}#exchange", context)
+
+
+@login_required
+@require_POST
+def regenerate_reply(request: HttpRequest, message_id: int) -> HttpResponse:
+    """Retry a failed reply, or Regenerate the latest one: a new reply to the same question."""
+    reply = users_reply(request, message_id)
+    conversation = reply.conversation
+    if refusal := limits.refusal(request.user):
+        return refused(request, refusal, conversation)
+    try:
+        new_reply = conversation.regenerate(reply)
+    except NotTheLatestReply as exc:
+        return page_notice(request, conversation, str(exc), status=409)
+    if not request.htmx:
+        return redirect("chat:conversation", conversation_id=conversation.pk)
+    return render(request, f"{PAGE}#message", {"message": new_reply})
+
+
+@login_required
+@require_POST
+def continue_reply(request: HttpRequest, message_id: int) -> HttpResponse:
+    """Continue a reply cut off at the token limit."""
+    reply = users_reply(request, message_id)
+    conversation = reply.conversation
+    if refusal := limits.refusal(request.user):
+        return refused(request, refusal, conversation)
+    try:
+        new_reply = conversation.continue_after(reply)
+    except NotTheLatestReply as exc:
+        return page_notice(request, conversation, str(exc), status=409)
+    if not request.htmx:
+        return redirect("chat:conversation", conversation_id=conversation.pk)
+    context = page_context(request, conversation, text=CONTINUE_PROMPT, reply=new_reply, form=None)
+    return render(request, f"{PAGE}#exchange", context)
+
+
+@login_required
+@require_POST
+def rename_conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = users_conversation(request, conversation_id)
+    form = RenameForm(request.POST)
+    if form.is_valid():
+        conversation.rename(form.cleaned_data["title"])
+    if not request.htmx:
+        return redirect("chat:conversation", conversation_id=conversation.pk)
+    context = page_context(request, conversation, renamed=showing(request, conversation))
+    return render(request, f"{PAGE}#sidebar_update", context)
+
+
+@login_required
+@require_POST
+def delete_conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = users_conversation(request, conversation_id)
+    shown = request.htmx and showing(request, conversation)
+    conversation.delete()
+    if not request.htmx:
+        return redirect("chat:index")
+    if shown:
+        return HttpResponse(status=204, headers={"HX-Redirect": reverse("chat:index")})
+    return render(request, f"{PAGE}#sidebar_update", page_context(request))
+
+
+@login_required
+@require_POST
+def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    conversation = users_conversation(request, conversation_id)
+    form = SettingsForm(request.POST)
+    if form.is_valid():
+        conversation.configure(**form.changes())
+    if not request.htmx:
+        return redirect("chat:conversation", conversation_id=conversation.pk)
+    context = {"conversation": conversation, "settings_form": form, "saved": form.is_valid()}
+    return render(request, f"{PAGE}#settings", context, status=200 if form.is_valid() else 400)
 
 
 @require_GET
@@ -89,6 +229,12 @@ async def stop_reply(request: HttpRequest, message_id: int) -> HttpResponse:
     await streaming.request_stop(reply)
     # The reply's own stream delivers the stopped bubble; nothing to swap here.
     return HttpResponse(status=204)
+
+
+@require_GET
+def session_status(request: HttpRequest) -> HttpResponse:
+    """Asked by the page when a reply's stream fails: a 401 means the session expired, so say so."""
+    return HttpResponse(status=204 if request.user.is_authenticated else 401)
 
 
 @require_POST

@@ -57,6 +57,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "chat.csp.csp_middleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -99,6 +100,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
+# Perf knob: a psycopg connection pool (needs psycopg-pool). conn_max_age stays 0, so a request's
+# "close" returns its connection to the pool instead of ending it, and the next one skips the connect.
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 0)
+if DATABASE_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": DATABASE_POOL_SIZE}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -209,6 +215,7 @@ CHAT_DEMO_USER = os.environ.get("CHAT_DEMO_USER", "demo")
 # Spending and abuse limits (chat/limits.py). The budget is USD per user per calendar month (UTC),
 # a string read as a Decimal; unset means no limit, and a user's own SpendingLimit (admin) wins over it.
 CHAT_MONTHLY_BUDGET_USD = os.environ.get("CHAT_MONTHLY_BUDGET_USD", "").strip() or None
-# Replies being written at once and messages sent per minute, per user; 0 switches a limit off.
+# Per user: replies being written at once, and replies started per minute (a send, Retry, Regenerate
+# or Continue each starts one); 0 switches a limit off.
 CHAT_MAX_CONCURRENT_REPLIES = env_int("CHAT_MAX_CONCURRENT_REPLIES", 3)
 CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20)

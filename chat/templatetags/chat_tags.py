@@ -7,6 +7,7 @@ from decimal import Decimal
 from django import template
 from django.utils.safestring import SafeString
 
+from chat import catalog
 from chat.rendering import render_markdown
 
 register = template.Library()
@@ -24,3 +25,24 @@ def usd(value: Decimal | None) -> str:
     if value == 0:
         return "$0"
     return f"${value:.6f}".rstrip("0") if value < Decimal("0.01") else f"${value:.4f}"
+
+
+@register.filter
+def model_label(model_id: str) -> str:
+    """The picker's label for a provider:model id, so the demo model is always called what it is."""
+    provider, _, name = model_id.partition(":")
+    if provider == "demo":
+        return "Demo model"
+    return next((choice.name for choice in catalog.offered_models() if choice.id == model_id), name or model_id)
+
+
+@register.filter
+def milliseconds(value: int | None) -> str:
+    if value is None:
+        return ""
+    return f"{value} ms" if value < 1000 else f"{value / 1000:.1f} s"
+
+
+@register.filter
+def tokens(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"

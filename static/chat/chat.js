@@ -1,8 +1,174 @@
-// Only what htmx cannot express: Enter sends, Shift+Enter is a newline.
+// Only what htmx cannot express: the keyboard, the scroll position, copying, and telling the user
+// when the session expired. No inline handlers anywhere (the Content-Security-Policy forbids them).
+"use strict";
+document.documentElement.classList.add("js");
+
+const composer = () => document.getElementById("composer");
+const scroller = () => document.getElementById("scroller");
+const liveReply = () => document.querySelector("#messages .live");
+let pinned = true; // follow the reply as it grows, until the user scrolls up
+
+function say(message) {
+  const status = document.getElementById("composer-status");
+  if (!status) return;
+  status.replaceChildren();
+  if (message) {
+    const line = document.createElement("p");
+    line.textContent = message;
+    status.append(line);
+  }
+}
+
+// Send is unavailable while a send is in flight (hx-disabled-elt) or a reply is being written.
+function syncBusy() {
+  const form = composer();
+  const send = form && form.querySelector(".send");
+  if (!send || !form.matches("[hx-post]")) return;
+  const busy = Boolean(liveReply());
+  send.disabled = busy;
+  send.title = busy ? "Wait for the reply to finish, or press Stop (Esc)" : "Send (Enter)";
+}
+
+// --- keyboard: Enter sends, Shift+Enter is a newline, Esc stops the reply being written ---
 document.addEventListener("keydown", (event) => {
   const box = event.target;
-  if (event.key === "Enter" && !event.shiftKey && box.matches && box.matches(".composer textarea")) {
-    event.preventDefault();
-    box.form.requestSubmit();
+  if (event.key === "Escape" && liveReply()) {
+    const stop = liveReply().querySelector(".stop-button");
+    if (stop) { event.preventDefault(); stop.click(); }
+    return;
   }
+  if (event.key !== "Enter" || event.shiftKey || event.isComposing || !(box instanceof HTMLTextAreaElement)) return;
+  if (!box.form || box.form.id !== "composer") return;
+  event.preventDefault();
+  const send = box.form.querySelector(".send");
+  if (!box.value.trim() || (send && send.disabled) || box.form.classList.contains("htmx-request")) return;
+  box.form.requestSubmit();
+});
+
+// --- scrolling: stay pinned to the bottom unless the user scrolled up ---
+let ourTop = -1; // where we last put the scroll position; above it means the user moved up
+function follow() {
+  const el = scroller();
+  if (!el) return;
+  const gap = el.scrollHeight - el.scrollTop - el.clientHeight;
+  // Read now rather than waiting for the scroll event, which comes a frame later: a swap that
+  // lands in between must not yank the view back down. (gap > 1: a shrinking tail clamps the
+  // position down too, and that is no reason to stop following.)
+  if (ourTop >= 0 && el.scrollTop < ourTop - 1 && gap > 1) pinned = false;
+  if (!pinned) return;
+  el.scrollTop = el.scrollHeight;
+  ourTop = el.scrollTop;
+}
+document.addEventListener("scroll", (event) => {
+  const el = event.target;
+  if (!(el instanceof Element) || el.id !== "scroller") return;
+  if (el.scrollHeight - el.scrollTop - el.clientHeight < 48) {
+    pinned = true; // back at the bottom: follow again
+    ourTop = el.scrollTop;
+  } else if (el.scrollTop < ourTop - 1) {
+    pinned = false;
+  }
+}, true);
+const grows = new ResizeObserver(follow);
+
+// --- copying: a code block, or a whole reply ---
+async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.className = "visually-hidden";
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+}
+document.addEventListener("click", async (event) => {
+  const button = event.target instanceof Element && event.target.closest(".copy-code, .copy-reply");
+  if (!button) return;
+  const source = button.classList.contains("copy-code")
+    ? button.closest(".code-block").querySelector("code")
+    : document.querySelector(button.dataset.copy);
+  if (!source) return;
+  await copyText(source.innerText);
+  const label = button.textContent;
+  button.textContent = "Copied";
+  setTimeout(() => { button.textContent = label; }, 1500);
+});
+
+// --- the session: an expired one gets a login prompt, never a login page in a bubble ---
+function promptLogin() {
+  const dialog = document.getElementById("dialog");
+  if (!dialog || dialog.querySelector(".dialog-box")) return;
+  const box = document.createElement("div");
+  box.className = "dialog-box";
+  const text = document.createElement("p");
+  const strong = document.createElement("strong");
+  strong.textContent = "Your session has expired.";
+  text.append(strong, " Log in again to carry on; your conversations are saved.");
+  const link = document.createElement("a");
+  link.className = "button primary";
+  link.textContent = "Log in again";
+  link.href = `${document.body.dataset.loginUrl}?next=${encodeURIComponent(location.pathname)}`;
+  box.append(text, link);
+  dialog.replaceChildren(box);
+  link.focus();
+}
+
+document.addEventListener("htmx:beforeSwap", (event) => {
+  const xhr = event.detail.xhr;
+  // login_required redirected an htmx request to the login page: keep the target as it is and
+  // let the page's out-of-band login prompt (registration/session_expired.html) show instead.
+  if (xhr && xhr.responseURL && new URL(xhr.responseURL).pathname === document.body.dataset.loginUrl) {
+    event.detail.swapOverride = "none";
+    event.detail.shouldSwap = true;
+  }
+});
+
+document.addEventListener("htmx:sseError", async (event) => {
+  const source = event.detail.source;
+  if (!source || source.readyState !== EventSource.CLOSED) return; // the browser is reconnecting by itself
+  const response = await fetch(document.body.dataset.sessionUrl, { credentials: "same-origin" }).catch(() => null);
+  if (response && response.status === 401) {
+    // Stop the extension from reconnecting for nothing, and say why.
+    event.detail.elt.removeAttribute("sse-connect");
+    source.close();
+    promptLogin();
+  }
+});
+
+// --- sending: the typed text stays in the box unless the message was accepted ---
+document.addEventListener("htmx:beforeRequest", (event) => {
+  if (event.detail.elt.id === "composer") { say(""); pinned = true; ourTop = -1; }
+});
+document.addEventListener("htmx:sendError", () => {
+  say("Could not reach the server. Your message is still in the box; try again.");
+});
+document.addEventListener("htmx:responseError", (event) => {
+  const status = event.detail.xhr.status;
+  if (status >= 500) say(`The server had a problem (${status}). Your message is still in the box; try again.`);
+});
+
+// --- after every swap: follow new content, keep Send in step, and keep focus somewhere useful ---
+document.addEventListener("htmx:afterSettle", () => {
+  const messages = document.getElementById("messages");
+  if (messages) grows.observe(messages);
+  syncBusy();
+  follow();
+});
+document.addEventListener("htmx:sseClose", () => {
+  setTimeout(() => {
+    syncBusy();
+    const box = composer() && composer().querySelector("textarea");
+    if (box && (document.activeElement === document.body || !document.activeElement)) box.focus({ preventScroll: true });
+  });
+});
+document.addEventListener("DOMContentLoaded", () => {
+  const messages = document.getElementById("messages");
+  if (messages) grows.observe(messages);
+  follow();
+  syncBusy();
 });

@@ -1,0 +1,1 @@
+"""The benchmark: what the relay costs against the simulator read directly (not part of the test suite)."""

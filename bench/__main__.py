@@ -1,0 +1,190 @@
+"""python -m bench: the matrix of concurrency x token interval per server, the capacity search, bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench import cell, database, procs, results
+from bench.report import Cell
+
+MATRIX = [1, 10, 100, 250, 500, 1000]
+QUICK = [1, 10, 100]
+# The capacity criterion is checked at this interval (seconds between tokens).
+CAPACITY_INTERVAL = 0.02
+MAX_PROBES = 4
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="C in 1,10,100 at 20 ms only, no capacity search (~2 min)")
+    parser.add_argument("--servers", default="daphne,uvicorn", help="comma-separated: daphne, uvicorn")
+    parser.add_argument("--concurrency", help="comma-separated C values (default: 1,10,100,250,500,1000)")
+    parser.add_argument("--intervals", help="comma-separated ms between tokens (default: 20,0; quick: 20)")
+    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--ttft", type=float, default=50, help="simulated time to first token, ms")
+    parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
+    parser.add_argument("--no-capacity", action="store_true", help="skip the capacity search")
+    parser.add_argument("--window", type=float, help="measured seconds per cell (default: by C and interval)")
+    parser.add_argument("--direct-share", type=float, default=0.25, help="direct readers per app conversation above 10")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra server setting")
+    parser.add_argument("--profile", action="append", default=[], metavar="SERVER:MS:C", help="py-spy this cell")
+    parser.add_argument("--output", help="Markdown file (default: bench/RESULTS.md; quick: bench/out/RESULTS-quick.md)")
+    parser.add_argument("--app-dir", help="measure the app of another checkout (e.g. a copy before a change)")
+    parser.add_argument("--budget", type=float, default=870, help="seconds; cells that would start later are skipped")
+    return parser.parse_args(argv)
+
+
+def csv(value: str | None, default: list, cast: type = int) -> list:
+    return [cast(v) for v in value.split(",") if v.strip()] if value else default
+
+
+def server_env(db_url: str, extra: list[str]) -> dict[str, str]:
+    env = {
+        **os.environ,
+        # Production settings (DEBUG off) over plain local HTTP, as a deployment runs.
+        "SECRET_KEY": "bench-" + secrets.token_urlsafe(32),
+        "DEBUG": "0",
+        "SECURE_SSL_REDIRECT": "0",
+        "ALLOWED_HOSTS": "127.0.0.1",
+        "DATABASE_URL": db_url,
+        "CHAT_MODELS": "openai:bench",
+        "OPENAI_API_KEY": "sk-bench-not-a-key",
+        # A bench user sends far faster than a person; a huge limit keeps the check (and its query) in the path.
+        "CHAT_MESSAGES_PER_MINUTE": "1000000",
+        "LOG_LEVEL": "WARNING",
+        "PYTHONUNBUFFERED": "1",
+        "DJANGO_SETTINGS_MODULE": "project.settings",
+    }
+    for item in extra:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return env
+
+
+def capacity_search(
+    run: callable, server: str, cells: list[Cell], deadline: float
+) -> tuple[int, int | None, list[Cell]]:
+    """Bisect between the largest passing and the smallest failing C measured so far."""
+    measured = [c for c in cells if c.server == server and c.interval == CAPACITY_INTERVAL]
+    lo = max((c.concurrency for c in measured if c.passes), default=0)
+    hi = min((c.concurrency for c in measured if not c.passes and c.concurrency > lo), default=None)
+    probes: list[Cell] = []
+    while hi is not None and len(probes) < MAX_PROBES and time.monotonic() < deadline:
+        step = 25 if hi > 100 else 5
+        if hi - lo <= step:
+            break
+        mid = max(lo + step, min(hi - step, round((lo + hi) / 2 / step) * step))
+        probe = run(server, CAPACITY_INTERVAL, mid)
+        probes.append(probe)
+        if probe.passes:
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi, probes
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse(argv)
+    started = time.monotonic()
+    deadline = started + args.budget
+    if len(os.sched_getaffinity(0)) > 1 or os.cpu_count() == 1:
+        # This process is the load generator: it shares core 1 with the simulator, the relay has core 0.
+        os.sched_setaffinity(0, {int(procs.LOAD_CORE)})
+    procs.raise_fd_limit()
+    servers = csv(args.servers, [], str)
+    concurrency = csv(args.concurrency, QUICK if args.quick else MATRIX)
+    intervals = [ms / 1000 for ms in csv(args.intervals, [20] if args.quick else [20, 0], float)]
+    capacity = not (args.no_capacity or args.quick)
+    db_url = database.database_url(args.db)
+    env = server_env(db_url, args.env)
+    cell.OUT.mkdir(parents=True, exist_ok=True)
+    print(f"bench: database {db_url}; servers {servers}; C {concurrency}; intervals {intervals}", flush=True)
+    database.recreate(db_url, env)
+    database.setup_django({k: v for k, v in env.items() if k in ("DATABASE_URL", "SECRET_KEY", "DEBUG")})
+    setting = cell.Setting(
+        tokens=args.tokens,
+        ttft=args.ttft / 1000,
+        quick=args.quick,
+        env=env,
+        users=database.make_accounts(max([*concurrency, 1000 if capacity else 0])),
+        window=args.window,
+        direct_share=args.direct_share,
+        profile={(s, int(ms), int(c)) for s, ms, c in (p.split(":") for p in args.profile)},
+        app_dir=Path(args.app_dir).resolve() if args.app_dir else procs.ROOT,
+    )
+    cells: list[Cell] = []
+    skipped: list[str] = []
+    capacities: dict[str, tuple[int, int | None, list[Cell]]] = {}
+    for interval in intervals:
+        sim, sim_url = procs.start_simulator(
+            tokens=args.tokens, interval=interval, ttft=setting.ttft, log=cell.OUT / "logs" / "simulator.log"
+        )
+
+        def run(server: str, interval: float, c: int, sim: procs.Process = sim, sim_url: str = sim_url) -> Cell:
+            result = cell.run_cell(
+                setting=setting, server=server, interval=interval, concurrency=c, sim=sim, sim_url=sim_url
+            )
+            t = result.ttft
+            print(
+                f"  {server:8} {interval * 1000:4g} ms C={c:5}: added TTFT p50 {t.get('added_p50') or 0:7.1f} "
+                f"p99 {t.get('added_p99') or 0:7.1f} ms, errors {result.errors}/{result.attempts}, "
+                f"{result.events_per_s:8.0f} ev/s, {result.cpu_us_per_event or 0:5.1f} µs/ev, "
+                f"{result.kib_per_stream:6.1f} KiB/stream, {result.threads} threads, {result.db_connections} DB conns, "
+                f"CPU {result.server_cpu:.0%}, others {result.other_cpu:.0%}  [{time.monotonic() - started:4.0f} s]",
+                flush=True,
+            )
+            return result
+
+        try:
+            for server in servers:
+                for c in concurrency:
+                    if time.monotonic() > deadline:
+                        skipped.append(f"{server} {interval * 1000:g} ms C={c}")
+                        continue
+                    cells.append(run(server, interval, c))
+            if capacity and interval == CAPACITY_INTERVAL:
+                for server in servers:
+                    capacities[server] = capacity_search(run, server, cells, deadline)
+        finally:
+            sim.stop()
+    elapsed = time.monotonic() - started
+    stamp = datetime.now(UTC)
+    raw = cell.OUT / f"results-{stamp:%Y%m%dT%H%M%S}.json"
+    raw.write_text(
+        json.dumps(
+            {
+                "cells": [c.as_dict() for c in cells],
+                "capacity": {s: [lo, hi, [p.as_dict() for p in probes]] for s, (lo, hi, probes) in capacities.items()},
+            },
+            indent=1,
+        )
+    )
+    output = args.output or str(procs.ROOT / ("bench/out/RESULTS-quick.md" if args.quick else "bench/RESULTS.md"))
+    command = shlex.join([".venv/bin/python", "-m", "bench", *argv])
+    text = results.document(
+        cells=cells,
+        capacities=capacities,
+        command=command,
+        db=database.server_version(),
+        setting=setting,
+        elapsed=elapsed,
+        skipped=skipped,
+        when=stamp,
+    )
+    with open(output, "w") as f:
+        f.write(text)
+    print(f"bench: {len(cells)} cells in {elapsed:.0f} s; wrote {output} and {raw}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""The load generator: C conversations through the app and, at the same moments, readers of the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+STREAM_URL = re.compile(rb"/chat/replies/(\d+)/stream/")
+TOKEN = b"tok"  # every simulated token is "tokN"; nothing else on either stream contains it
+APP_DONE, APP_ERROR = b"event: done", b"event: error"
+DIRECT_DONE, DIRECT_ERROR = b"data: [DONE]", b'{"error"'
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One logged-in browser: its session and CSRF cookies, and the conversation it writes in."""
+
+    conversation_id: int
+    cookie: str
+    csrf: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    app_url: str
+    sim_url: str
+    tokens: int
+    accounts: list[Account]
+    direct: int  # concurrent direct readers of the simulator, interleaved with the app's conversations
+    ramp: float  # first starts are spread over this many seconds, so arrivals are steady, not a herd
+    window_start: float  # seconds after the start: measure from here ...
+    window_end: float  # ... to here; no exchange starts after it
+    timeout: float  # per exchange, so every run ends
+
+
+@dataclass(slots=True)
+class Exchange:
+    kind: str  # "app" or "direct"
+    started: float
+    in_window: bool
+    send: float | None = None  # the POST, app only
+    ttft: float | None = None  # from the stream request to the first chunk carrying a token
+    finished: float = 0.0
+    error: str = ""
+
+
+@dataclass
+class Collected:
+    exchanges: list[Exchange] = field(default_factory=list)
+    gaps: dict[str, array] = field(default_factory=lambda: {"app": array("d"), "direct": array("d")})
+    completed: dict[str, int] = field(default_factory=lambda: {"app": 0, "direct": 0})
+
+
+class Run:
+    """One cell: closed-loop workers until the window ends, then every exchange in flight finishes."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.out = Collected()
+        self.t0 = 0.0
+        self.last_token = f"tok{plan.tokens - 1}".encode()
+        self.payload = json.dumps(
+            {
+                "model": "bench",
+                "messages": [{"role": "user", "content": "Benchmark me"}],
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                "max_tokens": 4096,
+            }
+        )
+
+    async def run(self, sampler: Callable[[float], object] | None = None) -> Collected:
+        plan = self.plan
+        loop = asyncio.get_running_loop()
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=None)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=30)
+        async with aiohttp.ClientSession(
+            connector=connector, cookie_jar=aiohttp.DummyCookieJar(), timeout=timeout, auto_decompress=False
+        ) as http:
+            self.t0 = loop.time()
+            workers = len(plan.accounts) + plan.direct
+            # Interleave the two kinds in the start order, so each second starts both alike.
+            every = max(1, round(workers / max(plan.direct, 1)))
+            tasks, app_i, direct_i = [], 0, 0
+            for slot in range(workers):
+                delay = plan.ramp * slot / workers
+                if direct_i < plan.direct and (slot % every == every - 1 or app_i >= len(plan.accounts)):
+                    tasks.append(asyncio.create_task(self._loop(http, delay, None)))
+                    direct_i += 1
+                else:
+                    tasks.append(asyncio.create_task(self._loop(http, delay, plan.accounts[app_i])))
+                    app_i += 1
+            sampling = asyncio.create_task(sampler(self.t0)) if sampler else None  # type: ignore[arg-type]
+            try:
+                await asyncio.gather(*tasks)
+            finally:
+                if sampling:
+                    sampling.cancel()
+        return self.out
+
+    async def warm_up(self) -> str:
+        """One conversation before measuring, so imports, templates and connections are ready; its error or ""."""
+        self.t0 = asyncio.get_running_loop().time()
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+            await self._app(http, self.plan.accounts[0])
+        return self.out.exchanges[-1].error
+
+    async def _loop(self, http: aiohttp.ClientSession, delay: float, account: Account | None) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(delay)
+        stop_at = self.t0 + self.plan.window_end
+        while loop.time() < stop_at:
+            if account is None:
+                await self._direct(http)
+            else:
+                await self._app(http, account)
+
+    def _exchange(self, kind: str) -> Exchange:
+        now = asyncio.get_running_loop().time()
+        rel = now - self.t0
+        return Exchange(kind, now, self.plan.window_start <= rel < self.plan.window_end)
+
+    async def _app(self, http: aiohttp.ClientSession, account: Account) -> None:
+        ex = self._exchange("app")
+        loop = asyncio.get_running_loop()
+        base = self.plan.app_url
+        try:
+            async with asyncio.timeout(self.plan.timeout):
+                headers = {"Cookie": account.cookie, "X-CSRFToken": account.csrf, "HX-Request": "true"}
+                form = {"text": "Benchmark me", "model": "openai:bench", "request_key": uuid.uuid4().hex}
+                send_url = f"{base}/chat/{account.conversation_id}/messages/"
+                async with http.post(send_url, data=form, headers=headers) as r:
+                    body = await r.read()
+                    if r.status != 200:
+                        ex.error = f"send HTTP {r.status}"
+                        return
+                match = STREAM_URL.search(body)
+                if match is None:
+                    ex.error = "no stream url"
+                    return
+                opened = loop.time()
+                ex.send = opened - ex.started
+                headers = {"Cookie": account.cookie, "Accept": "text/event-stream"}
+                async with http.get(base + match.group(0).decode(), headers=headers) as r:
+                    if r.status != 200:
+                        ex.error = f"stream HTTP {r.status}"
+                        return
+                    await self._read(r, ex, opened, APP_DONE, APP_ERROR)
+        except TimeoutError:
+            ex.error = "timeout"
+        except aiohttp.ClientError as exc:
+            ex.error = type(exc).__name__
+        finally:
+            ex.finished = loop.time()
+            self.out.exchanges.append(ex)
+
+    async def _direct(self, http: aiohttp.ClientSession) -> None:
+        ex = self._exchange("direct")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.plan.timeout):
+                headers = {"content-type": "application/json", "accept": "text/event-stream"}
+                url = f"{self.plan.sim_url}/v1/chat/completions"
+                async with http.post(url, data=self.payload, headers=headers) as r:
+                    if r.status != 200:
+                        ex.error = f"direct HTTP {r.status}"
+                        return
+                    await self._read(r, ex, ex.started, DIRECT_DONE, DIRECT_ERROR)
+        except TimeoutError:
+            ex.error = "timeout"
+        except aiohttp.ClientError as exc:
+            ex.error = type(exc).__name__
+        finally:
+            ex.finished = loop.time()
+            self.out.exchanges.append(ex)
+
+    async def _read(
+        self, response: aiohttp.ClientResponse, ex: Exchange, opened: float, done: bytes, error: bytes
+    ) -> None:
+        """Times every chunk that carries tokens; the final event (which repeats the text) is not counted."""
+        loop = asyncio.get_running_loop()
+        window_start, window_end = self.t0 + self.plan.window_start, self.t0 + self.plan.window_end
+        gaps, kind = self.out.gaps[ex.kind], ex.kind
+        tail, last_at, finished, complete = b"", 0.0, False, False
+        async for chunk in response.content.iter_any():
+            now = loop.time()
+            seen = len(tail)
+            data = tail + chunk  # a marker split across two reads is still found
+            tail = data[-24:]
+            if finished:
+                continue
+            if error in data:
+                ex.error = "error event"
+            if self.last_token in data:
+                complete = True  # in a live event, or in the final one, which carries the whole reply
+            cut = data.find(done)
+            if cut >= 0:
+                finished = True
+                data = data[:cut]
+            # A chunk carrying a token (however the relay encodes and repeats text) is what we time.
+            if data.find(TOKEN, seen) < 0:
+                continue
+            if ex.ttft is None:
+                ex.ttft = now - opened
+            elif window_start <= now < window_end:
+                gaps.append(now - last_at)
+            last_at = now
+        if not ex.error:
+            if not finished:
+                ex.error = "stream ended without its final event"
+            elif not complete:
+                ex.error = "incomplete text"
+            elif window_start <= loop.time() < window_end:
+                self.out.completed[kind] += 1

@@ -1,0 +1,158 @@
+"""bench/RESULTS.md: when, on what, with which command, the table, the capacity found and the targets."""
+
+from __future__ import annotations
+
+import platform
+from datetime import datetime
+from importlib import metadata
+
+from bench import procs
+from bench.cell import Setting, direct_readers
+from bench.report import Cell, fmt, profile_table, table
+
+PACKAGES = ["Django", "daphne", "Twisted", "uvicorn", "httpx", "httpx-aiohttp", "aiohttp", "httpcore", "asgiref"]
+
+
+def versions() -> str:
+    found = []
+    for name in PACKAGES:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return f"Python {platform.python_version()}, " + ", ".join(found)
+
+
+def find(cells: list[Cell], server: str, interval: float, concurrency: int) -> Cell | None:
+    return next(
+        (c for c in cells if (c.server, c.interval, c.concurrency) == (server, interval, concurrency)),
+        None,
+    )
+
+
+def verdict(ok: bool | None) -> str:
+    return "not measured" if ok is None else ("**met**" if ok else "**missed**")
+
+
+def targets(
+    cells: list[Cell], capacities: dict[str, tuple[int, int | None, list[Cell]]], setting: Setting
+) -> list[str]:
+    all_cells = cells + [p for _, _, probes in capacities.values() for p in probes]
+    at100 = find(cells, "daphne", 0.02, 100)
+    lines = []
+    if at100:
+        p50, p99 = at100.ttft.get("added_p50"), at100.ttft.get("added_p99")
+        ok = p50 is not None and p99 is not None and p50 <= 5 and p99 <= 15
+        lines.append(
+            f"- daphne, 20 ms, C=100: added TTFT ≤ 5 ms p50 / ≤ 15 ms p99 — {verdict(ok)} "
+            f"({fmt(p50, 1)} / {fmt(p99, 1)} ms on the stream request; the POST before it took "
+            f"{fmt(at100.ttft.get('send_p50'), 1)} / {fmt(at100.ttft.get('send_p99'), 1)} ms)"
+        )
+    at250 = find(all_cells, "daphne", 0.02, 250)
+    if at250:
+        lines.append(
+            f"- daphne, 20 ms, C=250: zero errors and p99 added TTFT ≤ 100 ms — {verdict(at250.passes)} "
+            f"({at250.errors} errors, p99 added {fmt(at250.ttft.get('added_p99'), 1)} ms)"
+        )
+    at500 = find(all_cells, "daphne", 0.02, 500)
+    if at500:
+        lines.append(
+            f"- daphne, 20 ms, C=500: zero errors — {verdict(at500.errors == 0 and at500.direct_errors == 0)} "
+            f"({at500.errors} errors of {at500.attempts})"
+        )
+    loaded = [c for c in cells if c.server == "daphne" and c.interval == 0.02 and c.concurrency >= 100]
+    if loaded:
+        worst = max(loaded, key=lambda c: c.kib_per_stream)
+        lines.append(
+            f"- ≤ 64 KiB RSS per open stream — {verdict(worst.kib_per_stream <= 64)} "
+            f"(worst {worst.kib_per_stream:.1f} KiB at C={worst.concurrency}; "
+            + ", ".join(f"C={c.concurrency}: {c.kib_per_stream:.1f}" for c in loaded)
+            + ")"
+        )
+    slow, fast = find(cells, "daphne", 0.02, 100), find(cells, "daphne", 0.0, 100)
+    if slow and fast and slow.writes_per_reply is not None and fast.writes_per_reply is not None:
+        seconds = setting.ttft + setting.tokens * 0.02
+        extra = slow.writes_per_reply - fast.writes_per_reply
+        ok = fast.writes_per_reply <= 8 and extra <= seconds + 2
+        lines.append(
+            f"- O(1) database writes per reply — {verdict(ok)} ({fast.writes_per_reply:.1f} rows of chat_message "
+            f"per reply when it streams in ~0.1 s, {slow.writes_per_reply:.1f} when it streams for "
+            f"{seconds:.1f} s: the difference is the once-a-second checkpoint)"
+        )
+    for server, (lo, hi, _) in capacities.items():
+        lines.append(
+            f"- {server} capacity at 20 ms (zero errors, p99 added TTFT ≤ 100 ms): **{lo}**"
+            + (f" (fails at {hi})" if hi else " (passed every C measured)")
+        )
+    return lines
+
+
+def document(
+    *,
+    cells: list[Cell],
+    capacities: dict[str, tuple[int, int | None, list[Cell]]],
+    command: str,
+    db: str,
+    setting: Setting,
+    elapsed: float,
+    skipped: list[str],
+    when: datetime,
+) -> str:
+    box = procs.machine()
+    parts = [
+        "# streamchat benchmark results\n",
+        f"- **Date:** {when:%Y-%m-%d %H:%M} UTC; the run took {elapsed / 60:.1f} min.",
+        f"- **Command:** `{command}`",
+        f"- **Machine:** {box['cores']} cores ({box['cpu']}), {box['memory']} memory; shared with other work, "
+        f"so read single numbers with care. Relay process pinned to core {procs.SERVER_CORE} (`taskset`), "
+        f"simulator and load generator on core {procs.LOAD_CORE}; the database server is not pinned.",
+        f"- **Versions:** {versions()}; database {db}.",
+        f"- **Workload:** {setting.tokens} tokens per reply (+4 other upstream events), simulated TTFT "
+        f"{setting.ttft * 1000:g} ms, OpenAI wire format from `tests/fake_upstream.py`; production settings "
+        "(DEBUG off); each cell starts a fresh server process.",
+        "- **Load:** C logged-in users, each in a closed loop of POST send → GET the reply's stream → read to "
+        "`done`; first starts spread over one reply length, measured over a steady-state window after it. "
+        "At the same moments direct readers "
+        f"(C up to 10, then max(10, {setting.direct_share:g}·C)) read the same simulated replies straight from "
+        "the simulator, interleaved with the app's conversations, so noise hits both alike.",
+        "",
+        "Columns: *TTFT app* is from the stream GET to the first chunk carrying a token; *direct* the same for "
+        "a request straight to the simulator; **added** = app − direct at the same percentile. *POST send* is the "
+        "send request before it; *user-seen added* = (POST + stream TTFT) − direct. *gap p99 added*: p99 of the "
+        "time between token-carrying chunks, app − direct. *errors*: failed app conversations / started. "
+        "*upstream ev/s*: upstream SSE events relayed per second. *CPU µs/event*: relay-process CPU in the window "
+        "over those events. *KiB/stream*: (peak RSS − RSS after warm-up) / C. *DB rows/reply*: rows inserted or "
+        "updated in chat_message per reply (all tables in brackets), from pg_stat_user_tables. *load-core CPU*: "
+        "simulator + load generator on their core (near 100 % means the physical limit itself is saturated).",
+        "",
+        table(cells),
+    ]
+    if capacities:
+        parts.append("## Capacity search (20 ms, zero errors and p99 added TTFT ≤ 100 ms)\n")
+        for server, (lo, hi, probes) in capacities.items():
+            tried = ", ".join(
+                f"C={p.concurrency}: {'pass' if p.passes else 'fail'} "
+                f"(p99 added {fmt(p.ttft.get('added_p99'), 0)} ms, {p.errors} errors)"
+                for p in probes
+            )
+            fails = f", fails at {hi}" if hi else ""
+            parts.append(f"- **{server}: {lo}**{fails}" + (f"; probes {tried}" if tried else ""))
+        probe_cells = [p for _, _, probes in capacities.values() for p in probes]
+        if probe_cells:
+            parts += ["", table(probe_cells)]
+    parts += ["## Targets (daphne, 20 ms unless said)\n", *targets(cells, capacities, setting), ""]
+    failing = [c for c in cells if c.error_kinds]
+    if failing:
+        parts.append("## Errors by kind\n")
+        for c in failing:
+            kinds = ", ".join(f"{k} ×{n}" for k, n in sorted(c.error_kinds.items()))
+            parts.append(f"- {c.server} {c.interval * 1000:g} ms C={c.concurrency}: {kinds}")
+        parts.append("")
+    for c in [c for c in cells if c.profile]:
+        parts += [f"## Profile: {c.server} {c.interval * 1000:g} ms C={c.concurrency} (py-spy, by own time)\n"]
+        parts += [profile_table(c.profile), ""]
+    if skipped:
+        parts.append("Skipped for the time budget: " + ", ".join(skipped) + "\n")
+    direct = {c: direct_readers(setting, c) for c in sorted({c.concurrency for c in cells})}
+    parts.append("Direct readers per C: " + ", ".join(f"{c}: {d}" for c, d in direct.items()) + "\n")
+    return "\n".join(parts)

@@ -1,0 +1,68 @@
+"""`manage.py chat_costs`: the admin cost report's totals per day, user or model, in a terminal."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from chat import reports
+
+
+def iso_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise CommandError(f"not a date (YYYY-MM-DD): {value!r}") from exc
+
+
+class Command(BaseCommand):
+    help = "Print reply costs per day, user or model since a date (UTC), as the admin's cost report shows them."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--since", type=iso_date, required=True, help="first day, YYYY-MM-DD (UTC)")
+        parser.add_argument("--until", type=iso_date, help="last day, included (default: today, UTC)")
+        parser.add_argument("--by", choices=reports.GROUPINGS, default="day")
+        parser.add_argument("--csv", action="store_true", help="CSV, exactly as the admin's export")
+
+    def handle(
+        self, *args: Any, since: date, until: date | None, by: reports.Grouping, csv: bool, **options: Any
+    ) -> None:
+        period = reports.Period(since=since, until=until or datetime.now(UTC).date())
+        if period.since > period.until:
+            raise CommandError("--since must not be after --until")
+        rows = reports.totals(period, by=by)
+        if csv:
+            reports.write_csv(rows, self.stdout, by=by)
+            return
+        total = reports.sum_of(rows)
+        header = [by, "replies", "input tokens", "output tokens", "cost (USD)", "without cost"]
+        lines = [cells(row) for row in [*rows, total]]
+        widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+        self.stdout.write(f"Costs per {by}, {period.since} to {period.until} (UTC)")
+        self.stdout.write(format_line(header, widths))
+        for line in lines[:-1]:
+            self.stdout.write(format_line(line, widths))
+        self.stdout.write(format_line(["-" * width for width in widths], widths))
+        self.stdout.write(format_line(lines[-1], widths))
+        if total.without_cost:
+            self.stdout.write(f"{total.without_cost} finished replies have no cost (usage unknown or no price).")
+
+
+def cells(row: reports.Row) -> list[str]:
+    return [
+        row.key,
+        f"{row.replies:,}",
+        f"{row.input_tokens:,}",
+        f"{row.output_tokens:,}",
+        reports.money(row.cost),
+        f"{row.without_cost:,}",
+    ]
+
+
+def format_line(cells: list[str], widths: list[int]) -> str:
+    first, *rest = cells
+    return "  ".join(
+        [first.ljust(widths[0]), *(cell.rjust(width) for cell, width in zip(rest, widths[1:], strict=True))]
+    )

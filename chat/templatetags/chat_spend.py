@@ -1,0 +1,30 @@
+"""The composer's "This month: $X of $Y" line."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from django import template
+
+from chat.limits import Spend, month_spend
+
+register = template.Library()
+
+
+@register.simple_tag(takes_context=True)
+def spend_this_month(context: template.Context) -> Spend | None:
+    request = context.get("request")
+    user = getattr(request, "user", None)
+    if user is None or not user.is_authenticated:
+        return None
+    return month_spend(user)
+
+
+@register.filter
+def dollars(value: Decimal | None) -> str:
+    """Whole cents for a person to read; a tiny non-zero spend is not shown as $0.00."""
+    if value is None:
+        return ""
+    if 0 < value < Decimal("0.01"):
+        return "under $0.01"
+    return f"${value:,.2f}"

