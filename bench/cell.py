@@ -31,6 +31,9 @@ class Setting:
     direct_share: float = 0.25
     profile: set[tuple[str, int, int]] = field(default_factory=set)  # (server, interval ms, C) to profile
     app_dir: Path = procs.ROOT  # the checkout whose app is measured
+    # The machine is shared: before measuring, wait (boundedly) for other processes to use less than this.
+    quiet_cores: float = 0.35
+    quiet_wait_left: float = 150.0  # seconds of waiting left for the whole run
 
 
 def reply_seconds(setting: Setting, interval: float) -> float:
@@ -89,7 +92,7 @@ def run_cell(
         warm = asyncio.run(Run(dataclasses.replace(plan, accounts=accounts[:1], direct=0)).warm_up())
         if warm:
             raise RuntimeError(f"{name}: the warm-up conversation failed: {warm}\n{app.log_text()[-3000:]}")
-        time.sleep(0.2)
+        cell.quiet_wait = wait_for_quiet(setting)
         idle_rss = procs.rss_bytes(app.pid)
         sampler = Sampler(app=app.pid, sim=sim.pid, plan=plan, profile=profile_path)
         got = asyncio.run(Run(plan).run(sampler.sample))
@@ -120,6 +123,21 @@ def run_cell(
         if profile_path.exists():
             cell.profile = profile.summarise(profile_path)
     return cell
+
+
+def wait_for_quiet(setting: Setting, *, most: float = 30.0) -> float:
+    """Sample the whole machine's busy CPU each second until it is below the threshold (our idle processes
+    included), for at most `most` seconds and what is left of the run's waiting budget; seconds waited."""
+    started = time.monotonic()
+    limit = min(most, setting.quiet_wait_left)
+    while True:
+        before = procs.machine_busy_seconds()
+        time.sleep(1.0)
+        if procs.machine_busy_seconds() - before < setting.quiet_cores or time.monotonic() - started >= limit:
+            break
+    waited = time.monotonic() - started - 1.0
+    setting.quiet_wait_left = max(0.0, setting.quiet_wait_left - waited)
+    return max(0.0, waited)
 
 
 class Sampler:

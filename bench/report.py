@@ -51,6 +51,7 @@ class Cell:
     server_cpu: float = 0.0  # share of its core in the window
     load_cpu: float = 0.0  # simulator + load generator, share of their core in the window
     other_cpu: float = 0.0  # every other process (PostgreSQL, other users of the machine), in cores
+    quiet_wait: float = 0.0  # seconds waited before the cell for the machine to be quiet
     rss_idle_mib: float = 0.0
     rss_peak_mib: float = 0.0
     kib_per_stream: float = 0.0

@@ -73,7 +73,7 @@ class Generation(LiveReply):
         self.kinds.append(kind)
         for waker in self.watchers:
             waker.set()
-        if self.remote and self._flush_timer is None:
+        if self.remote.positions and self._flush_timer is None:  # attribute, not __bool__: once per token
             # Other processes get a frame's worth of parts in one message, not one per token.
             self._flush_timer = asyncio.get_running_loop().call_later(fanout.FLUSH_SECONDS, self._flush_remote)
 
@@ -196,7 +196,7 @@ class Generation(LiveReply):
                 thinking=thinking,
                 stop_reason=self.stop_reason,
                 usage=usage,
-                cost=pricing.cost_of(provider=self.reply.provider, model=self.reply.model, usage=usage),
+                cost=await pricing.acost_of(provider=self.reply.provider, model=self.reply.model, usage=usage),
                 error=error,
                 ttft_ms=None if self.first_token_at is None else round((self.first_token_at - self.started) * 1000),
                 duration_ms=round((now - self.started) * 1000),

@@ -5,14 +5,44 @@ from __future__ import annotations
 import gc
 import os
 import sys
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 
-application = get_asgi_application()
+# Serves /static/ (WhiteNoise is in MIDDLEWARE) and is what `django_application` names.
+django_application = get_asgi_application()
+
+from django.conf import settings  # noqa: E402  (configured by the line above)
 
 from chat.lifecycle import on_worker_start  # noqa: E402  (needs the app registry loaded above)
+
+WHITENOISE = "whitenoise.middleware.WhiteNoiseMiddleware"
+
+
+def without_middleware(path: str) -> Any:
+    """The same Django application with one middleware left out (the chain is built when it is made)."""
+    full = settings.MIDDLEWARE
+    settings.MIDDLEWARE = [name for name in full if name != path]
+    try:
+        return get_asgi_application()
+    finally:
+        settings.MIDDLEWARE = full
+
+
+# WhiteNoise is sync-only: with it in the chain every request, streams included, runs its middleware in
+# a new thread and hops back to the event loop for the async view. It only ever answers STATIC_URL, so
+# every other path goes to the same app without it, and stays on the event loop.
+_dynamic = without_middleware(WHITENOISE) if WHITENOISE in settings.MIDDLEWARE else django_application
+_static_prefix = "/" + settings.STATIC_URL.lstrip("/") if not settings.STATIC_URL.startswith("http") else "\0"
+
+
+async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] == "http" and not scope["path"].startswith(_static_prefix):
+        return await _dynamic(scope, receive, send)
+    return await django_application(scope, receive, send)
+
 
 on_worker_start()
 

@@ -139,7 +139,6 @@ def test_a_reply_from_a_model_without_a_price_is_stored_with_a_null_cost(chat: C
 
 
 @live_db
-@pytest.mark.xfail(reason="needs streaming.Generation._finish to call pricing.acost_of (lead applies it)", strict=False)
 def test_a_reply_is_priced_with_the_operators_price_and_a_later_change_keeps_its_cost(chat: ChatClient, sim) -> None:
     ModelPrice.objects.create(
         provider="openai", model="local-llama", effective_from=date(2020, 1, 1), input_per_mtok=1, output_per_mtok=3

@@ -140,6 +140,13 @@ document.addEventListener("htmx:sseError", async (event) => {
   }
 });
 
+// --- a stream that starts over (its worker restarted): empty the bubble; the next events refill it ---
+document.addEventListener("htmx:sseBeforeMessage", (event) => {
+  if (event.detail.type !== "reset") return;
+  const live = event.target.closest(".live");
+  for (const part of live.querySelectorAll(".thinking-text, .content > div, .notice, .error")) part.replaceChildren();
+});
+
 // --- sending: the typed text stays in the box unless the message was accepted ---
 document.addEventListener("htmx:beforeRequest", (event) => {
   if (event.detail.elt.id === "composer") { say(""); pinned = true; ourTop = -1; }

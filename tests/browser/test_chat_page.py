@@ -183,6 +183,24 @@ def test_stop_closes_the_upstream_request_and_keeps_the_partial_reply(tab: Tab, 
     tab.screenshot("4-stopped")
 
 
+def test_a_reset_event_empties_the_bubble_for_the_stream_that_starts_over(tab: Tab, user, sim) -> None:
+    sim.enqueue(Scenario(tokens=300, interval=0.02))
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    send(tab, "Count")
+    wait_until(tab, f"{REPLY_LENGTH} > 20")
+    # What the sse extension fires for a `reset` event (sent when a worker restarted mid-reply).
+    emptied = tab.page.evaluate(
+        """(() => {
+             const sink = document.querySelector('#messages .live .reset');
+             sink.dispatchEvent(new CustomEvent('htmx:sseBeforeMessage', {bubbles: true, detail: {type: 'reset'}}));
+             return sink.closest('.live').querySelector('.content').innerText.trim();
+           })()"""
+    )
+    assert emptied == ""
+    reply_locator(tab, "completed").wait_for()
+
+
 def assert_inert(tab: Tab) -> None:
     assert tab.page.evaluate("window.__pwned") is None, "model output ran a script"
     assert not [url for url in tab.requests if EVIL_HOST in url], "a request left for the remote host"
@@ -324,6 +342,49 @@ def test_a_reply_stream_refused_for_an_expired_session_shows_the_login_prompt(ta
     stream_requests = [url for url in tab.requests if url.endswith(f"/replies/{reply.pk}/stream/")]
     time.sleep(1.5)
     assert len([url for url in tab.requests if url.endswith(f"/replies/{reply.pk}/stream/")]) == len(stream_requests)
+
+
+def test_a_conversation_is_renamed_and_deleted_from_the_sidebar_with_the_keyboard_alone(tab: Tab, user) -> None:
+    chat = conversation(user, title="Old name")
+    tab.open(f"/chat/{chat.pk}/")
+    page = tab.page
+    page.locator("#sidebar .item-menu > summary").focus()
+    page.keyboard.press("Enter")  # opens the menu
+    page.keyboard.press("Tab")
+    page.keyboard.press("Control+A")
+    page.keyboard.type("New name")
+    page.keyboard.press("Enter")  # submits the rename form
+    page.locator("#conversation-title h1", has_text="New name").wait_for()
+    assert page.locator("#sidebar li.current a").inner_text() == "New name"
+    chat.refresh_from_db()
+    assert chat.title == "New name"
+
+    page.locator("#sidebar .item-menu > summary").focus()
+    page.keyboard.press("Enter")
+    page.locator("#sidebar .confirm summary").focus()
+    page.keyboard.press("Enter")  # "Delete…" asks first
+    tab.screenshot("10-delete-confirmation")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Enter")  # "Delete for good"
+    page.wait_for_url(f"{tab.server.url}/chat/")
+    assert not Conversation.objects.filter(pk=chat.pk).exists()
+
+
+def test_the_model_picked_is_kept_for_the_conversation_and_used_for_the_next_reply(tab: Tab, user, sim) -> None:
+    chat = conversation(user, model="openai:gpt-4o-mini")
+    tab.open(f"/chat/{chat.pk}/")
+    picker = tab.page.locator("#composer select[name=model]")
+    assert "Demo model" in picker.locator("option[value='demo:demo']").inner_text()
+    picker.select_option("anthropic:claude-sonnet-4-5")
+    deadline = time.monotonic() + 5
+    while Conversation.objects.get(pk=chat.pk).model != "anthropic:claude-sonnet-4-5":
+        assert time.monotonic() < deadline, "the picked model was not saved"
+        time.sleep(0.05)
+    tab.page.reload()
+    assert tab.page.locator("#composer select[name=model]").input_value() == "anthropic:claude-sonnet-4-5"
+    send(tab, "Hello, Claude")
+    reply_locator(tab, "completed").wait_for()
+    assert sim.log[0].path.endswith("/v1/messages")
 
 
 def test_the_view_follows_the_reply_unless_the_user_scrolled_up(tab: Tab, user, sim) -> None:
