@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import secrets
@@ -20,6 +21,9 @@ QUICK = [1, 10, 100]
 # The capacity criterion is checked at this interval (seconds between tokens).
 CAPACITY_INTERVAL = 0.02
 MAX_PROBES = 4
+# Alternatives measured against the defaults, at 20 ms and C=100 under daphne: "label:KEY=VALUE,...".
+VARIANTS = ["httpx transport:CHAT_HTTP_TRANSPORT=httpx", "DB pool 40:DATABASE_POOL_SIZE=40"]
+VARIANT_C = 100
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -37,6 +41,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE", help="extra server setting")
     parser.add_argument("--profile", action="append", default=[], metavar="SERVER:MS:C", help="py-spy this cell")
     parser.add_argument("--output", help="Markdown file (default: bench/RESULTS.md; quick: bench/out/RESULTS-quick.md)")
+    parser.add_argument(
+        "--variant", action="append", metavar="LABEL:KEY=VALUE,...", help="extra cell with these settings"
+    )
+    parser.add_argument("--no-variants", action="store_true", help="skip the variant cells")
     parser.add_argument("--app-dir", help="measure the app of another checkout (e.g. a copy before a change)")
     parser.add_argument("--budget", type=float, default=870, help="seconds; cells that would start later are skipped")
     return parser.parse_args(argv)
@@ -67,6 +75,16 @@ def server_env(db_url: str, extra: list[str]) -> dict[str, str]:
         key, _, value = item.partition("=")
         env[key] = value
     return env
+
+
+def parse_variants(specs: list[str]) -> list[tuple[str, dict[str, str]]]:
+    variants = []
+    for spec in specs:
+        label, _, settings = spec.partition(":")
+        if label == "DB pool 40" and importlib.util.find_spec("psycopg_pool") is None:
+            continue  # the pool needs psycopg-pool installed
+        variants.append((label, dict(item.split("=", 1) for item in settings.split(",") if item)))
+    return variants
 
 
 def capacity_search(
@@ -104,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     concurrency = csv(args.concurrency, QUICK if args.quick else MATRIX)
     intervals = [ms / 1000 for ms in csv(args.intervals, [20] if args.quick else [20, 0], float)]
     capacity = not (args.no_capacity or args.quick)
+    variants = [] if args.no_variants or args.quick else parse_variants(args.variant or VARIANTS)
     db_url = database.database_url(args.db)
     env = server_env(db_url, args.env)
     cell.OUT.mkdir(parents=True, exist_ok=True)
@@ -129,13 +148,29 @@ def main(argv: list[str] | None = None) -> int:
             tokens=args.tokens, interval=interval, ttft=setting.ttft, log=cell.OUT / "logs" / "simulator.log"
         )
 
-        def run(server: str, interval: float, c: int, sim: procs.Process = sim, sim_url: str = sim_url) -> Cell:
+        def run(
+            server: str,
+            interval: float,
+            c: int,
+            variant: str = "",
+            extra: dict[str, str] | None = None,
+            sim: procs.Process = sim,
+            sim_url: str = sim_url,
+        ) -> Cell:
             result = cell.run_cell(
-                setting=setting, server=server, interval=interval, concurrency=c, sim=sim, sim_url=sim_url
+                setting=setting,
+                server=server,
+                interval=interval,
+                concurrency=c,
+                sim=sim,
+                sim_url=sim_url,
+                variant=variant,
+                extra_env=extra,
             )
             t = result.ttft
             print(
-                f"  {server:8} {interval * 1000:4g} ms C={c:5}: added TTFT p50 {t.get('added_p50') or 0:7.1f} "
+                f"  {server + (f' ({variant})' if variant else ''):8} {interval * 1000:4g} ms C={c:5}: "
+                f"added TTFT p50 {t.get('added_p50') or 0:7.1f} "
                 f"p99 {t.get('added_p99') or 0:7.1f} ms, errors {result.errors}/{result.attempts}, "
                 f"{result.events_per_s:8.0f} ev/s, {result.cpu_us_per_event or 0:5.1f} µs/ev, "
                 f"{result.kib_per_stream:6.1f} KiB/stream, {result.threads} threads, {result.db_connections} DB conns, "
@@ -151,9 +186,15 @@ def main(argv: list[str] | None = None) -> int:
                         skipped.append(f"{server} {interval * 1000:g} ms C={c}")
                         continue
                     cells.append(run(server, interval, c))
+            if interval == CAPACITY_INTERVAL:
+                for label, extra in variants:
+                    if time.monotonic() > deadline:
+                        skipped.append(f"variant {label}")
+                        continue
+                    cells.append(run(servers[0], interval, VARIANT_C, label, extra))
             if capacity and interval == CAPACITY_INTERVAL:
                 for server in servers:
-                    capacities[server] = capacity_search(run, server, cells, deadline)
+                    capacities[server] = capacity_search(run, server, [c for c in cells if not c.variant], deadline)
         finally:
             sim.stop()
     elapsed = time.monotonic() - started

@@ -57,15 +57,23 @@ def direct_readers(setting: Setting, concurrency: int) -> int:
 
 
 def run_cell(
-    *, setting: Setting, server: str, interval: float, concurrency: int, sim: procs.Process, sim_url: str
+    *,
+    setting: Setting,
+    server: str,
+    interval: float,
+    concurrency: int,
+    sim: procs.Process,
+    sim_url: str,
+    variant: str = "",
+    extra_env: dict[str, str] | None = None,
 ) -> Cell:
     accounts = database.fresh_conversations(setting.users[:concurrency])
     writes_before = database.row_writes()
     duration = reply_seconds(setting, interval)
     ramp = max(duration, 1.0)
     window = window_seconds(setting, interval, concurrency)
-    name = f"{server}-{interval * 1000:g}ms-c{concurrency}"
-    env = {**setting.env, "OPENAI_BASE_URL": f"{sim_url}/v1"}
+    name = f"{server}-{interval * 1000:g}ms-c{concurrency}" + (f"-{variant}" if variant else "")
+    env = {**setting.env, **(extra_env or {}), "OPENAI_BASE_URL": f"{sim_url}/v1"}
     app, app_url = procs.start_server(server=server, env=env, log=OUT / "logs" / f"{name}.log", app_dir=setting.app_dir)
     cell = Cell(
         server=server,
@@ -73,7 +81,8 @@ def run_cell(
         concurrency=concurrency,
         direct=direct_readers(setting, concurrency),
         window=window,
-        env={k: v for k, v in setting.env.items() if k.startswith("CHAT_")},
+        env=extra_env or {},
+        variant=variant,
     )
     plan = Plan(
         app_url=app_url,
@@ -113,11 +122,15 @@ def run_cell(
     cell.other_cpu = max(0.0, sampler.cpu["machine"] - cpu - sampler.cpu["sim"] - sampler.cpu["load"]) / window
     cell.cpu_us_per_event = cpu / events * 1e6 if events else None
     if writes_before is not None and writes_after is not None:
+        # Every conversation sent (the warm-up's too); the server's start-up writes (price snapshots) are in
+        # other tables, and the C conversations the bench made for the cell are not the app's.
         replies = 1 + sum(1 for e in got.exchanges if e.kind == "app" and e.send is not None)
-        cell.writes_per_reply = (writes_after.get("chat_message", 0) - writes_before.get("chat_message", 0)) / replies
-        # Conversations are made by the bench between cells: leave those out of "all".
-        made = concurrency
-        cell.all_writes_per_reply = (writes_after["all"] - writes_before["all"] - made) / replies
+
+        def delta(table: str) -> int:
+            return writes_after.get(table, 0) - writes_before.get(table, 0)  # type: ignore[union-attr]
+
+        cell.writes_per_reply = delta("chat_message") / replies
+        cell.all_writes_per_reply = (delta("chat_message") + delta("chat_conversation") - concurrency) / replies
     if profile_path is not None:
         sampler.wait_profiler()
         if profile_path.exists():

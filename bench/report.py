@@ -59,7 +59,8 @@ class Cell:
     db_connections: int | None = None  # peak connections to the bench database in the window (PostgreSQL)
     writes_per_reply: float | None = None
     all_writes_per_reply: float | None = None
-    env: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)  # settings that differ from the run's (variants)
+    variant: str = ""
     profile: list[tuple[str, float, float]] = field(default_factory=list)
 
     @property
@@ -129,7 +130,8 @@ def row(cell: Cell) -> str:
         errors += f" ({cell.log_errors} in log)"
     writes = "–" if cell.writes_per_reply is None else f"{cell.writes_per_reply:.1f} ({cell.all_writes_per_reply:.1f})"
     return (
-        f"| {cell.server} | {cell.interval * 1000:g} ms | {cell.concurrency} "
+        f"| {cell.server}{f' ({cell.variant})' if cell.variant else ''} | {cell.interval * 1000:g} ms "
+        f"| {cell.concurrency} "
         f"| {pair(t.get('app_p50'), t.get('app_p99'), 1)} | {pair(t.get('direct_p50'), t.get('direct_p99'), 1)} "
         f"| **{pair(t.get('added_p50'), t.get('added_p99'), 1)}** | {pair(t.get('send_p50'), t.get('send_p99'), 1)} "
         f"| {pair(t.get('user_added_p50'), t.get('user_added_p99'), 1)} | {fmt(cell.gap_p99.get('added'), 1)} "

@@ -83,7 +83,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 @admin.register(Conversation)
 class ConversationAdmin(ReadOnlyAdmin):
     list_display = ["__str__", "user", "model", "message_count", "total_tokens", "total_cost", "updated_at"]
-    list_filter = ["model", ("user", admin.RelatedOnlyFieldListFilter), "updated_at"]
+    list_filter = ["model", ("user", admin.RelatedOnlyFieldListFilter), "updated_at", "deleted_at"]
     list_select_related = ["user"]
     search_fields = ["title", "user__username"]
     date_hierarchy = "updated_at"

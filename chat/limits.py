@@ -92,7 +92,7 @@ def refusal(user: Any) -> Refusal | None:
             ),
             retry_after=math.ceil((next_month_start(now) - now).total_seconds()),
         )
-    mine = Message.objects.for_user(user)
+    mine = Message.objects.billed_to(user)
     max_running = settings.CHAT_MAX_CONCURRENT_REPLIES
     if max_running > 0:
         running = mine.running(

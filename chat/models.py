@@ -51,7 +51,7 @@ class UsageSource(models.TextChoices):
 
 class ConversationQuerySet(models.QuerySet["Conversation"]):
     def for_user(self, user: AbstractBaseUser) -> ConversationQuerySet:
-        return self.filter(user=user)
+        return self.filter(user=user, deleted_at__isnull=True)
 
     def without_messages(self) -> ConversationQuerySet:
         return self.filter(messages__isnull=True)
@@ -81,6 +81,9 @@ class Conversation(models.Model):
     system_prompt = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Beyond the contract: deleting hides a conversation from its user but keeps its replies and their
+    # costs for the admin, the reports and the budget.
+    deleted_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = ConversationQuerySet.as_manager()
 
@@ -90,6 +93,11 @@ class Conversation(models.Model):
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"
+
+    def remove(self) -> None:
+        """Delete for the user: hidden from them, kept (with its costs) for the operator."""
+        self.deleted_at = timezone.now()
+        self.save(update_fields=["deleted_at"])
 
     def rename(self, title: str) -> None:
         # An empty title falls back to "Conversation N"; renaming does not move it up the list.
@@ -172,6 +180,11 @@ def title_from(text: str) -> str:
 
 class MessageQuerySet(models.QuerySet["Message"]):
     def for_user(self, user: AbstractBaseUser) -> MessageQuerySet:
+        """What the user may see: messages of conversations they have not deleted."""
+        return self.filter(conversation__user=user, conversation__deleted_at__isnull=True)
+
+    def billed_to(self, user: AbstractBaseUser) -> MessageQuerySet:
+        """What the user has spent, deleted conversations included: deleting a chat is no way round a limit."""
         return self.filter(conversation__user=user)
 
     def replies(self) -> MessageQuerySet:

@@ -190,7 +190,7 @@ def rename_conversation(request: HttpRequest, conversation_id: int) -> HttpRespo
 def delete_conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = users_conversation(request, conversation_id)
     shown = request.htmx and showing(request, conversation)
-    conversation.delete()
+    conversation.remove()
     if not request.htmx:
         return redirect("chat:index")
     if shown:

@@ -136,11 +136,17 @@ def test_rename_changes_the_title_and_an_htmx_rename_returns_the_sidebar(client,
     )
 
 
-def test_delete_removes_the_conversation_and_its_messages(client, conversation) -> None:
-    exchange(conversation, "a", "b")
+def test_delete_hides_the_conversation_but_keeps_its_costs_for_the_operator(client, conversation, owner) -> None:
+    reply = exchange(conversation, "a", "b")
+    Message.objects.filter(pk=reply.pk).update(cost=Decimal("0.5"))
     response = client.post(f"/chat/{conversation.pk}/delete/")
     assert response.status_code == 302 and response["Location"] == "/chat/"
-    assert not Conversation.objects.exists() and not Message.objects.exists()
+    assert not Conversation.objects.for_user(owner).exists() and not Message.objects.for_user(owner).exists()
+    assert client.get(f"/chat/{conversation.pk}/").status_code == 404
+    assert client.get(f"/chat/replies/{reply.pk}/stream/").status_code == 404
+    # Deleting a chat must not lower this month's spend (a way round the budget otherwise).
+    assert limits.month_spend(owner).spent == Decimal("0.5")
+    assert Message.objects.billed_to(owner).count() == 2
 
 
 def test_deleting_the_shown_conversation_with_htmx_goes_back_to_the_first_page(client, conversation, owner) -> None:
