@@ -33,7 +33,7 @@ class Setting:
     app_dir: Path = procs.ROOT  # the checkout whose app is measured
     # The machine is shared: before measuring, wait (boundedly) for other processes to use less than this.
     quiet_cores: float = 0.35
-    quiet_wait_left: float = 150.0  # seconds of waiting left for the whole run
+    quiet_wait_left: float = 90.0  # seconds of waiting left for the whole run
 
 
 def reply_seconds(setting: Setting, interval: float) -> float:
@@ -47,7 +47,7 @@ def window_seconds(setting: Setting, interval: float, concurrency: int) -> float
         return 4.0 if setting.quick else 5.0
     # About 100 replies per window where that fits, but at least two reply lengths of steady state.
     duration = reply_seconds(setting, interval)
-    longest = 3 if setting.quick else 8
+    longest = 3 if setting.quick else 6
     return duration * min(max(math.ceil(100 / concurrency), 2), longest)
 
 

@@ -12,6 +12,7 @@ urlpatterns = [
     path("session/", views.session_status, name="session"),
     path("<int:conversation_id>/", views.conversation_page, name="conversation"),
     path("<int:conversation_id>/messages/", views.send_message, name="send"),
+    path("<int:conversation_id>/updates/", views.conversation_updates, name="updates"),
     path("<int:conversation_id>/rename/", views.rename_conversation, name="rename"),
     path("<int:conversation_id>/delete/", views.delete_conversation, name="delete"),
     path("<int:conversation_id>/settings/", views.conversation_settings, name="settings"),

@@ -15,7 +15,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat import catalog, limits, relay, sse, streaming
 from chat.forms import MessageForm, NewConversationForm, RenameForm, SettingsForm
-from chat.models import CONTINUE_PROMPT, Conversation, Message, NotTheLatestReply
+from chat.models import Conversation, Message, NotTheLatestReply
 
 PAGE = "chat/conversation.html"
 
@@ -36,9 +36,23 @@ def page_context(request: HttpRequest, conversation: Conversation | None = None,
 
 
 def conversation_context(request: HttpRequest, conversation: Conversation, form: MessageForm | None = None) -> dict:
+    chat_messages = list(conversation.messages.all())
     return page_context(
-        request, conversation, chat_messages=conversation.messages.all(), form=form or composer_form(conversation)
+        request,
+        conversation,
+        chat_messages=chat_messages,
+        newest=chat_messages[-1] if chat_messages else None,
+        form=form or composer_form(conversation),
     )
+
+
+def exchange(
+    request: HttpRequest, conversation: Conversation, reply: Message, *, form: MessageForm | None
+) -> HttpResponse:
+    """A question and its new reply, for an htmx request that added them."""
+    question = conversation.messages.filter(role="user", pk__lt=reply.pk).last()
+    context = page_context(request, conversation, question=question, reply=reply, form=form)
+    return render(request, f"{PAGE}#exchange", context)
 
 
 def users_conversation(request: HttpRequest, conversation_id: int) -> Conversation:
@@ -121,6 +135,16 @@ def conversation_page(request: HttpRequest, conversation_id: int) -> HttpRespons
 
 
 @login_required
+@require_GET
+def conversation_updates(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """Polled by every open tab: messages another tab (or device) added since the newest one shown."""
+    conversation = users_conversation(request, conversation_id)
+    after = int(request.GET["after"]) if request.GET.get("after", "").isdigit() else 0
+    new = list(conversation.messages.filter(pk__gt=after))
+    return render(request, f"{PAGE}#updates_response", {"conversation": conversation, "new_messages": new})
+
+
+@login_required
 @require_POST
 def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = users_conversation(request, conversation_id)
@@ -133,8 +157,7 @@ def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     reply = conversation.ask(text=data["text"], model=data["model"] or None, request_key=data["request_key"])
     if not request.htmx:
         return redirect("chat:conversation", conversation_id=conversation.pk)
-    context = page_context(request, conversation, text=data["text"], reply=reply, form=composer_form(conversation))
-    return render(request, f"{PAGE}#exchange", context)
+    return exchange(request, conversation, reply, form=composer_form(conversation))
 
 
 @login_required
@@ -168,8 +191,7 @@ def continue_reply(request: HttpRequest, message_id: int) -> HttpResponse:
         return page_notice(request, conversation, str(exc), status=409)
     if not request.htmx:
         return redirect("chat:conversation", conversation_id=conversation.pk)
-    context = page_context(request, conversation, text=CONTINUE_PROMPT, reply=new_reply, form=None)
-    return render(request, f"{PAGE}#exchange", context)
+    return exchange(request, conversation, new_reply, form=None)
 
 
 @login_required

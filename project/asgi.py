@@ -53,5 +53,6 @@ gc.collect()
 gc.freeze()
 gc.set_threshold(50_000, 50, 100)
 
-if os.environ.get("BENCH_SWITCH_INTERVAL"):
-    sys.setswitchinterval(float(os.environ["BENCH_SWITCH_INTERVAL"]))
+if settings.CHAT_SWITCH_INTERVAL > 0:
+    # How long the event loop may keep the GIL when a database thread has its answer (Python's default 5 ms).
+    sys.setswitchinterval(settings.CHAT_SWITCH_INTERVAL)

@@ -202,6 +202,8 @@ CHAT_INTERRUPTED_AFTER = env_float("CHAT_INTERRUPTED_AFTER", 30)
 # "aiohttp" (httpx API over aiohttp's transport, measured fastest) or "httpx" (httpx's own).
 CHAT_HTTP_TRANSPORT = os.environ.get("CHAT_HTTP_TRANSPORT", "aiohttp")
 CHAT_MAX_CONNECTIONS = env_int("CHAT_MAX_CONNECTIONS", 2000)
+# Perf knob: sys.setswitchinterval for the worker, in seconds; 0 keeps Python's 5 ms (see bench/RESULTS.md).
+CHAT_SWITCH_INTERVAL = env_float("CHAT_SWITCH_INTERVAL", 0)
 # A reply nobody watches (every tab closed) is cancelled after this many seconds; 0 cancels it the
 # moment the last watcher leaves. Long enough to survive a refresh or a network switch.
 CHAT_UNWATCHED_TIMEOUT = env_float("CHAT_UNWATCHED_TIMEOUT", 30)

@@ -293,3 +293,21 @@ def test_the_demo_login_exists_only_in_debug(settings) -> None:
     assert Client().post("/chat/demo-login/").status_code == 404
     settings.DEBUG = True
     assert Client().post("/chat/demo-login/")["Location"] == "/chat/"
+
+
+def test_the_update_poll_brings_only_messages_newer_than_the_newest_shown(client, conversation) -> None:
+    first = exchange(conversation, "old question", "old answer")
+    page = client.get(f"/chat/{conversation.pk}/").content.decode()
+    assert f"/chat/{conversation.pk}/updates/?after={first.pk}" in page
+    assert client.get(f"/chat/{conversation.pk}/updates/?after={first.pk}").content.decode().strip() == ""
+    second = exchange(conversation, "new <b>question</b>", "new answer")
+    update = client.get(f"/chat/{conversation.pk}/updates/?after={first.pk}", headers=HTMX).content.decode()
+    assert "new &lt;b&gt;question&lt;/b&gt;" in update and f'id="message-{second.pk}"' in update
+    assert "old question" not in update
+    assert f"?after={second.pk}" in update  # the poller moves on
+
+
+def test_the_update_poll_of_another_users_conversation_is_a_404(conversation, django_user_model) -> None:
+    intruder = Client()
+    intruder.force_login(django_user_model.objects.create_user(username="eve", password="a-long-test-password"))
+    assert intruder.get(f"/chat/{conversation.pk}/updates/?after=0").status_code == 404

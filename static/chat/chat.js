@@ -179,3 +179,13 @@ document.addEventListener("DOMContentLoaded", () => {
   follow();
   syncBusy();
 });
+
+// --- other tabs: the update poller may bring a message this tab already shows (its own send,
+// racing the poll); keep the one on the page ---
+document.addEventListener("htmx:oobBeforeSwap", (event) => {
+  const fragment = event.detail.fragment;
+  if (!fragment || !fragment.querySelectorAll) return;
+  for (const message of fragment.querySelectorAll("article.message[id]")) {
+    if (document.getElementById(message.id)) message.remove();
+  }
+});
