@@ -24,7 +24,7 @@ MAX_PROBES = 4
 # Alternatives measured against the defaults, at 20 ms and C=100 under daphne: "label:KEY=VALUE,...".
 VARIANTS = [
     "httpx transport:CHAT_HTTP_TRANSPORT=httpx",
-    "DB pool 40:DATABASE_POOL_SIZE=40",
+    "no DB pool:DATABASE_POOL_SIZE=0",
     "GIL switch 1 ms:CHAT_SWITCH_INTERVAL=0.001",
 ]
 VARIANT_C = 100
@@ -85,8 +85,8 @@ def parse_variants(specs: list[str]) -> list[tuple[str, dict[str, str]]]:
     variants = []
     for spec in specs:
         label, _, settings = spec.partition(":")
-        if label == "DB pool 40" and importlib.util.find_spec("psycopg_pool") is None:
-            continue  # the pool needs psycopg-pool installed
+        if label == "no DB pool" and importlib.util.find_spec("psycopg_pool") is None:
+            continue  # without psycopg-pool the default is already no pool
         variants.append((label, dict(item.split("=", 1) for item in settings.split(",") if item)))
     return variants
 
