@@ -50,7 +50,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--no-variants", action="store_true", help="skip the variant cells")
     parser.add_argument("--app-dir", help="measure the app of another checkout (e.g. a copy before a change)")
-    parser.add_argument("--budget", type=float, default=870, help="seconds; cells that would start later are skipped")
+    parser.add_argument("--budget", type=float, default=840, help="seconds; cells that would start later are skipped")
     return parser.parse_args(argv)
 
 

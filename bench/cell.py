@@ -135,6 +135,7 @@ def run_cell(
         sampler.wait_profiler()
         if profile_path.exists():
             cell.profile = profile.summarise(profile_path)
+            cell.profile_categories = profile.categories(profile_path)
     return cell
 
 

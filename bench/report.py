@@ -62,6 +62,7 @@ class Cell:
     env: dict[str, str] = field(default_factory=dict)  # settings that differ from the run's (variants)
     variant: str = ""
     profile: list[tuple[str, float, float]] = field(default_factory=list)
+    profile_categories: list[tuple[str, float]] = field(default_factory=list)
 
     @property
     def passes(self) -> bool:
@@ -144,6 +145,14 @@ def row(cell: Cell) -> str:
 
 def table(cells: list[Cell]) -> str:
     return HEADER + "".join(row(cell) for cell in cells)
+
+
+def category_table(categories: list[tuple[str, float]], *, cpu_ms_per_reply: float | None) -> str:
+    lines = ["| where the relay process's CPU went | share | ≈ ms CPU per reply |", "|---|--:|--:|"]
+    for name, share in categories:
+        per_reply = "–" if cpu_ms_per_reply is None else f"{cpu_ms_per_reply * share / 100:.1f}"
+        lines.append(f"| {name} | {share:.1f} % | {per_reply} |")
+    return "\n".join(lines) + "\n"
 
 
 def profile_table(frames: list[tuple[str, float, float]], limit: int = 15) -> str:

@@ -3,14 +3,28 @@
 from __future__ import annotations
 
 import platform
+import subprocess
 from datetime import datetime
 from importlib import metadata
 
 from bench import procs
 from bench.cell import Setting, direct_readers
-from bench.report import Cell, fmt, profile_table, table
+from bench.report import EXTRA_EVENTS_PER_REPLY, Cell, category_table, fmt, profile_table, table
 
-PACKAGES = ["Django", "daphne", "Twisted", "uvicorn", "httpx", "httpx-aiohttp", "aiohttp", "httpcore", "asgiref"]
+PACKAGES = [
+    "Django",
+    "daphne",
+    "Twisted",
+    "uvicorn",
+    "httpx",
+    "httpx-aiohttp",
+    "aiohttp",
+    "httpcore",
+    "asgiref",
+    "psycopg",
+    "psycopg-pool",
+    "uvloop",
+]
 
 
 def versions() -> str:
@@ -21,6 +35,20 @@ def versions() -> str:
         except metadata.PackageNotFoundError:
             continue
     return f"Python {platform.python_version()}, " + ", ".join(found)
+
+
+def code_state() -> str:
+    """The commit measured, and whether the working tree had changes on top of it."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=procs.ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=procs.ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "not a git checkout"
+    return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
 def find(cells: list[Cell], server: str, interval: float, concurrency: int) -> Cell | None:
@@ -112,7 +140,7 @@ def document(
         f"- **Machine:** {box['cores']} cores ({box['cpu']}), {box['memory']} memory; shared with other work, "
         f"so read single numbers with care. Relay process pinned to core {procs.SERVER_CORE} (`taskset`), "
         f"simulator and load generator on core {procs.LOAD_CORE}; the database server is not pinned.",
-        f"- **Versions:** {versions()}; database {db}.",
+        f"- **Versions:** {versions()}; database {db}. Code: {code_state()}.",
         f"- **Workload:** {setting.tokens} tokens per reply (+4 other upstream events), simulated TTFT "
         f"{setting.ttft * 1000:g} ms, OpenAI wire format from `tests/fake_upstream.py`; production settings "
         "(DEBUG off); each cell starts a fresh server process.",
@@ -163,8 +191,18 @@ def document(
             parts.append(f"- {c.server} {c.interval * 1000:g} ms C={c.concurrency}: {kinds}")
         parts.append("")
     for c in [c for c in cells if c.profile]:
-        parts += [f"## Profile: {c.server} {c.interval * 1000:g} ms C={c.concurrency} (py-spy, by own time)\n"]
-        parts += [profile_table(c.profile), ""]
+        per_reply = (
+            c.cpu_us_per_event * (setting.tokens + EXTRA_EVENTS_PER_REPLY) / 1000 if c.cpu_us_per_event else None
+        )
+        parts += [
+            f"## Profile: {c.server} {c.interval * 1000:g} ms C={c.concurrency}\n",
+            "py-spy (`--gil --nonblocking`, 200 Hz) on the relay process during the window; a sample counts for the "
+            "first category whose code is on its stack (see `bench/profile.py`).\n",
+            category_table(c.profile_categories, cpu_ms_per_reply=per_reply),
+            "Top frames by own time:\n",
+            profile_table(c.profile),
+            "",
+        ]
     if skipped:
         parts.append("Skipped for the time budget: " + ", ".join(skipped) + "\n")
     direct = {c: direct_readers(setting, c) for c in sorted({c.concurrency for c in cells})}
