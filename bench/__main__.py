@@ -157,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         direct_share=args.direct_share,
         profile={(s, int(ms), int(c)) for s, ms, c in (p.split(":") for p in args.profile)},
         app_dir=Path(args.app_dir).resolve() if args.app_dir else procs.ROOT,
+        quiet_wait_left=30.0 if args.quick else 90.0,
     )
     cells: list[Cell] = []
     skipped: list[str] = []
@@ -215,9 +216,16 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.monotonic() - started
     stamp = datetime.now(UTC)
     raw = cell.OUT / f"results-{stamp:%Y%m%dT%H%M%S}.json"
+    command = shlex.join([".venv/bin/python", "-m", "bench", *argv])
     raw.write_text(
         json.dumps(
             {
+                "command": command,
+                "when": stamp.isoformat(),
+                "elapsed": elapsed,
+                "code": results.code_state(),
+                "skipped": skipped,
+                "setting": {"tokens": setting.tokens, "ttft": setting.ttft, "direct_share": setting.direct_share},
                 "cells": [c.as_dict() for c in cells],
                 "capacity": {s: [lo, hi, [p.as_dict() for p in probes]] for s, (lo, hi, probes) in capacities.items()},
             },
@@ -225,7 +233,6 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     output = args.output or str(procs.ROOT / ("bench/out/RESULTS-quick.md" if args.quick else "bench/RESULTS.md"))
-    command = shlex.join([".venv/bin/python", "-m", "bench", *argv])
     text = results.document(
         cells=cells,
         capacities=capacities,

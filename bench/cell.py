@@ -47,7 +47,7 @@ def window_seconds(setting: Setting, interval: float, concurrency: int) -> float
         return 4.0 if setting.quick else 5.0
     # About 100 replies per window where that fits, but at least two reply lengths of steady state.
     duration = reply_seconds(setting, interval)
-    longest = 3 if setting.quick else 6
+    longest = 2 if setting.quick else 6
     return duration * min(max(math.ceil(100 / concurrency), 2), longest)
 
 
@@ -95,7 +95,7 @@ def run_cell(
         window_end=ramp + 0.5 + window,
         timeout=max(60.0, 6 * duration),
     )
-    wanted = (server, round(interval * 1000), concurrency) in setting.profile
+    wanted = (server, round(interval * 1000), concurrency) in setting.profile and not variant
     profile_path = OUT / f"profile-{name}.txt" if wanted else None
     try:
         warm = asyncio.run(Run(dataclasses.replace(plan, accounts=accounts[:1], direct=0)).warm_up())

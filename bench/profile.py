@@ -60,14 +60,14 @@ CATEGORIES = [
     ("DB reads: session, user, reply, prompt", ("QuerySet.get", "_fetch_all", "SessionStore", "aprompt")),
     ("relay: markdown render + sanitise", ("rendering.py", "LiveView._render")),
     ("relay: watch loop + SSE encoding", ("chat/relay.py", "chat/sse.py", "chat/live.py")),
-    ("upstream: read + parse (httpx, aiohttp, httpx-sse, json)", ("chat/providers", "httpx", "aiohttp/")),
+    ("upstream: read + parse (httpx, aiohttp, httpx-sse, json)", ("chat/providers", "httpx", "httpcore", "aiohttp/")),
     ("generation loop", ("chat/streaming.py", "chat/fanout.py")),
 ]
 # ... else the layer of the frame nearest the leaf that belongs to one of these (servers sit at every root).
 LAYERS = [
     ("other database (connect, close, psycopg)", ("psycopg", "django/db")),
     ("daphne / Twisted (HTTP out)", ("daphne/", "twisted/")),
-    ("uvicorn (HTTP out)", ("uvicorn/", "h11/", "httptools")),
+    ("uvicorn (HTTP out)", ("uvicorn/", "httptools")),
     ("Django ASGI handler + middleware", ("django/", "whitenoise/", "chat/csp.py")),
     ("thread hops (asgiref, executor, threading)", ("asgiref/", "concurrent/futures", "threading.py")),
     ("event loop (asyncio, selectors)", ("asyncio/", "selectors.py")),

@@ -131,6 +131,7 @@ def document(
     elapsed: float,
     skipped: list[str],
     when: datetime,
+    code: str | None = None,
 ) -> str:
     box = procs.machine()
     parts = [
@@ -140,7 +141,7 @@ def document(
         f"- **Machine:** {box['cores']} cores ({box['cpu']}), {box['memory']} memory; shared with other work, "
         f"so read single numbers with care. Relay process pinned to core {procs.SERVER_CORE} (`taskset`), "
         f"simulator and load generator on core {procs.LOAD_CORE}; the database server is not pinned.",
-        f"- **Versions:** {versions()}; database {db}. Code: {code_state()}.",
+        f"- **Versions:** {versions()}; database {db}. Code: {code or code_state()}.",
         f"- **Workload:** {setting.tokens} tokens per reply (+4 other upstream events), simulated TTFT "
         f"{setting.ttft * 1000:g} ms, OpenAI wire format from `tests/fake_upstream.py`; production settings "
         "(DEBUG off); each cell starts a fresh server process.",
@@ -208,3 +209,71 @@ def document(
     direct = {c: direct_readers(setting, c) for c in sorted({c.concurrency for c in cells})}
     parts.append("Direct readers per C: " + ", ".join(f"{c}: {d}" for c, d in direct.items()) + "\n")
     return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m bench.results --from RUN.json: rewrite the Markdown of a finished run from its raw numbers."""
+    import argparse
+    import json
+    import sys
+    from datetime import datetime
+    from pathlib import Path
+
+    from bench.cell import Setting
+
+    parser = argparse.ArgumentParser(prog="python -m bench.results", description=main.__doc__)
+    parser.add_argument("--from", dest="source", required=True, help="bench/out/results-*.json of the run")
+    parser.add_argument("--profile-from", help="take the profiled cell of this other run (named in the output)")
+    parser.add_argument("--command", help="the run's command, for runs whose JSON predates recording it")
+    parser.add_argument("--elapsed", type=float, help="the run's seconds, likewise")
+    parser.add_argument("--code", help="the code the run measured, for runs whose JSON predates recording it")
+    parser.add_argument("--note", default="", help="a line to add at the end")
+    parser.add_argument("--output", default=str(procs.ROOT / "bench" / "RESULTS.md"))
+    args = parser.parse_args(argv)
+    run = json.loads(Path(args.source).read_text())
+    cells = [Cell(**c) for c in run["cells"]]
+    capacities = {server: (lo, hi, [Cell(**p) for p in probes]) for server, (lo, hi, probes) in run["capacity"].items()}
+    note = ""
+    if args.profile_from:
+        other = json.loads(Path(args.profile_from).read_text())
+        profiled = [Cell(**c) for c in other["cells"] if c["profile"] and not c.get("variant")]
+        for cell in profiled:
+            cell.variant = "profiled run"
+        cells += profiled
+        note = (
+            "The row marked *profiled run* and the profile come from a second run "
+            f"({args.note or other.get('command')}), with py-spy attached; its other rows (a noisier machine) "
+            "are in its JSON in bench/out/."
+        )
+    stamp = Path(args.source).stem.removeprefix("results-")
+    when = datetime.fromisoformat(run["when"]) if "when" in run else datetime.strptime(stamp, "%Y%m%dT%H%M%S")
+    given = run.get("setting", {})
+    setting = Setting(
+        tokens=given.get("tokens", 200),
+        ttft=given.get("ttft", 0.05),
+        quick=False,
+        env={},
+        users=[],
+        direct_share=given.get("direct_share", 0.25),
+    )
+    from bench.database import server_version, setup_django
+
+    setup_django({"DATABASE_URL": "postgres://postgres@127.0.0.1:5432/streamchat_bench", "SECRET_KEY": "x"})
+    text = document(
+        cells=cells,
+        capacities=capacities,
+        command=run.get("command") or args.command or "?",
+        db=server_version(),
+        setting=setting,
+        elapsed=run.get("elapsed") or args.elapsed or 0.0,
+        skipped=run.get("skipped", []),
+        when=when,
+        code=run.get("code") or args.code,
+    )
+    Path(args.output).write_text(text + (f"\n{note}\n" if note else ""))
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,6 +14,7 @@ from django.utils import timezone
 from chat import pricing, streaming
 from chat.live import Shutdown
 from chat.models import Message, Status
+from chat.providers.http import aclose_shared_client
 
 logger = logging.getLogger(__name__)
 _upkeep_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
@@ -73,6 +74,11 @@ def install_drain_on_shutdown() -> None:
         Shutdown.requested = True
         logger.info("shutting down: draining %d replies", len(streaming.live_ids()))
         loop = asyncio.get_event_loop()
-        return defer.Deferred.fromFuture(loop.create_task(streaming.drain(grace=settings.CHAT_SHUTDOWN_GRACE)))
+        return defer.Deferred.fromFuture(loop.create_task(drain_and_close()))
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+
+
+async def drain_and_close() -> None:
+    await streaming.drain(grace=settings.CHAT_SHUTDOWN_GRACE)
+    await aclose_shared_client()  # closes the upstream pool cleanly instead of leaving it to the GC

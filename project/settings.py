@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -101,11 +100,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
     )
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
-# PostgreSQL through a psycopg connection pool when psycopg-pool is installed (0 turns it off). conn_max_age
+# PostgreSQL through a psycopg connection pool (psycopg-pool; DATABASE_POOL_SIZE=0 turns it off). conn_max_age
 # stays 0: a request's "close" returns its connection to the pool. Measured (bench/RESULTS.md): without it
 # every request in flight opens its own connection, and under load PostgreSQL's 100 ran out (HTTP 500s);
 # with it connections are bounded and reused, and a request beyond the pool waits for one instead.
-DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 20 if importlib.util.find_spec("psycopg_pool") else 0)
+DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 20)
 if DATABASE_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": DATABASE_POOL_SIZE}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
