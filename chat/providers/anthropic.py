@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ from . import (
     Usage,
     UsageUpdate,
 )
-from .http import LOST, open_sse, redact
+from .http import LOST, decode, open_sse, reported_error
 
 OFFICIAL_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -53,10 +52,7 @@ class AnthropicProvider(Provider):
             async for sse in events:
                 if not sse.data:
                     continue
-                try:
-                    data = json.loads(sse.data)
-                except ValueError as exc:
-                    raise ProviderError("The model sent a malformed event; the reply was stopped.") from exc
+                data = decode(sse.data)
                 for event in parser.feed(sse.event, data):
                     yield event
                 if parser.finished or parser.failed:
@@ -104,9 +100,7 @@ class MessageStreamParser:
             error = data.get("error") or {}
             return [
                 StreamError(
-                    message=redact(
-                        f"The model reported an error: {error.get('message') or error.get('type') or 'unknown'}"
-                    ),
+                    message=reported_error(error),
                     retryable=error.get("type") in RETRYABLE_ERROR_TYPES,
                 )
             ]

@@ -147,3 +147,15 @@ async def aclose_shared_client() -> None:
     client = _clients.pop(asyncio.get_running_loop(), None)
     if client is not None:
         await client.aclose()
+
+
+def decode(data: str) -> Any:
+    """One SSE data line's JSON; a line that is not JSON ends the reply rather than being skipped."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ProviderError("The model sent a malformed event; the reply was stopped.") from exc
+
+
+def reported_error(error: dict[str, Any]) -> str:
+    return redact(f"The model reported an error: {error.get('message') or error.get('type') or 'unknown'}")

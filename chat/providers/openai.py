@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ from . import (
     Usage,
     UsageUpdate,
 )
-from .http import LOST, open_sse, redact
+from .http import LOST, decode, open_sse, reported_error
 
 OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 # In-band error types that say "try again" rather than "this request is wrong".
@@ -61,10 +60,7 @@ class OpenAIProvider(Provider):
                     return
                 if not sse.data:
                     continue
-                try:
-                    chunk = json.loads(sse.data)
-                except ValueError as exc:
-                    raise ProviderError("The model sent a malformed event; the reply was stopped.") from exc
+                chunk = decode(sse.data)
                 for event in parse_chunk(chunk):
                     yield event
                     if type(event) is StreamError:
@@ -79,9 +75,7 @@ def parse_chunk(chunk: Any) -> list[Event]:
         error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
         return [
             StreamError(
-                message=redact(
-                    f"The model reported an error: {error.get('message') or error.get('type') or 'unknown'}"
-                ),
+                message=reported_error(error),
                 retryable=error.get("type") not in NON_RETRYABLE_ERROR_TYPES,
             )
         ]
