@@ -56,7 +56,7 @@ def by_total(rows: list[tuple[str, float, float]], *, contains: str, limit: int 
 # Where a sample's CPU goes: the first of these whose marker is anywhere on its stack (specific first) ...
 CATEGORIES = [
     ("POST send view (thread)", ("send_message (chat/views",)),
-    ("checkpoint writes", ("acheckpoint", "SQLUpdateCompiler")),
+    ("checkpoint writes", ("checkpoint_many", "SQLUpdateCompiler")),
     ("DB reads: session, user, reply, prompt", ("QuerySet.get", "_fetch_all", "SessionStore", "aprompt")),
     ("relay: markdown render + sanitise", ("rendering.py", "LiveView._render")),
     ("relay: watch loop + SSE encoding", ("chat/relay.py", "chat/sse.py", "chat/live.py")),

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Count, F, Min, OuterRef, Subquery, Sum
@@ -119,14 +118,3 @@ def refusal(user: Any) -> Refusal | None:
                 retry_after=max(1, math.ceil(frees_up.total_seconds())),
             )
     return None
-
-
-def refusal_for(user: Any) -> str | None:
-    """Why this user may not start a new reply now, or None when they may."""
-    found = refusal(user)
-    return found.message if found else None
-
-
-async def arefusal(user: Any) -> Refusal | None:
-    """refusal() for async views."""
-    return await sync_to_async(refusal)(user)

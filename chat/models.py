@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
-from django.db.models import Q, Sum
+from django.db.models import Case, Q, Sum, Value, When
 from django.utils import timezone
 
 from chat.providers import Turn, Usage
@@ -293,12 +293,20 @@ class Message(models.Model):
             self.status, self.checkpoint_at = Status.STREAMING, now
         return bool(claimed)
 
-    async def acheckpoint(self, *, content: str, thinking: str) -> None:
-        self.content, self.thinking, self.checkpoint_at = content, thinking, timezone.now()
-        # Filtered on status so a checkpoint can never resurrect a row that was already closed.
-        await Message.objects.filter(pk=self.pk, status=Status.STREAMING).aupdate(
-            content=content, thinking=thinking, checkpoint_at=self.checkpoint_at
-        )
+    @classmethod
+    def checkpoint_many(cls, rows: list[tuple[int, str, str]]) -> None:
+        """Save the partial (pk, content, thinking) of many streaming replies, one UPDATE per 500.
+
+        Filtered on status so a checkpoint can never resurrect, or shorten, a row closed meanwhile.
+        """
+        now = timezone.now()
+        for start in range(0, len(rows), 500):
+            batch = rows[start : start + 500]
+            cls.objects.filter(pk__in=[pk for pk, _, _ in batch], status=Status.STREAMING).update(
+                content=Case(*(When(pk=pk, then=Value(content)) for pk, content, _ in batch)),
+                thinking=Case(*(When(pk=pk, then=Value(thinking)) for pk, _, thinking in batch), default=Value("")),
+                checkpoint_at=now,
+            )
 
     async def afinish(
         self,

@@ -12,8 +12,6 @@ from contextlib import aclosing
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
-from django.db.models import Case, Value, When
-from django.utils import timezone
 
 from chat import catalog, fanout, live, pricing
 from chat.live import TEXT, THINKING, LiveReply, Shutdown
@@ -363,7 +361,7 @@ async def checkpoint_forever(wanted: asyncio.Event) -> None:
             versions = [g.version for g in due]
             rows = [(g.reply.pk, g.text(TEXT), g.text(THINKING)) for g in due]
             try:
-                await sync_to_async(save_checkpoints)(rows)
+                await sync_to_async(Message.checkpoint_many)(rows)
             except DatabaseError:
                 logger.exception("checkpoint of %d replies failed; will try again", len(rows))
                 await forget_connection()
@@ -375,17 +373,6 @@ async def checkpoint_forever(wanted: asyncio.Event) -> None:
                 generation.checkpoint_due = now + every
         # Replies falling due meanwhile go together into the next statement: at most four a period.
         await asyncio.sleep(every / 4)
-
-
-def save_checkpoints(rows: list[tuple[int, str, str]]) -> None:
-    # Filtered on status so a checkpoint can never resurrect, or shorten, a row that was closed meanwhile.
-    for start in range(0, len(rows), 500):
-        batch = rows[start : start + 500]
-        Message.objects.filter(pk__in=[pk for pk, _, _ in batch], status=Status.STREAMING).update(
-            content=Case(*(When(pk=pk, then=Value(content)) for pk, content, _ in batch)),
-            thinking=Case(*(When(pk=pk, then=Value(thinking)) for pk, _, thinking in batch), default=Value("")),
-            checkpoint_at=timezone.now(),
-        )
 
 
 async def forget_connection() -> None:

@@ -6,7 +6,7 @@ import asyncio
 from datetime import timedelta
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.utils import timezone
 
 from chat.models import Conversation, Message, Role, Status, turns_from
@@ -69,7 +69,9 @@ def test_finish_writes_once_and_a_late_checkpoint_cannot_reopen_the_row(conversa
 
     async def lifecycle() -> tuple[bool, bool]:
         await reply.aclaim()
-        await reply.acheckpoint(content="par", thinking="")
+        await sync_to_async(Message.checkpoint_many)([(reply.pk, "par", "thought")])
+        saved = await Message.objects.aget(pk=reply.pk)
+        assert (saved.content, saved.thinking) == ("par", "thought")
         first = await reply.afinish(
             status=Status.COMPLETED,
             content="partial text",
@@ -77,7 +79,7 @@ def test_finish_writes_once_and_a_late_checkpoint_cannot_reopen_the_row(conversa
             usage=Usage(input_tokens=3, output_tokens=2),
         )
         second = await reply.afinish(status=Status.FAILED, content="other", error="late")
-        await reply.acheckpoint(content="stale", thinking="")
+        await sync_to_async(Message.checkpoint_many)([(reply.pk, "stale", "")])
         return first, second
 
     assert async_to_sync(lifecycle)() == (True, False)
