@@ -6,12 +6,16 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import Case, Q, Sum, Value, When
 from django.utils import timezone
 
 from chat.providers import Turn, Usage
+
+# What a reply answers: the turns before it, and the conversation's system prompt.
+Prompt = tuple[list[Turn], str]
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -283,15 +287,20 @@ class Message(models.Model):
         # Under a quarter of a second the figure says more about timer and network jitter than the model.
         return self.output_tokens * 1000 / writing_ms if writing_ms >= 250 else None
 
-    async def aclaim(self) -> bool:
-        """Move a queued reply to streaming; True only for the one caller that won the row."""
+    def claim(self) -> Prompt | None:
+        """Move a queued reply to streaming and read the prompt it answers, in one thread hop: the one
+        caller that won the row gets the prompt, every other None."""
         now = timezone.now()
-        claimed = await Message.objects.filter(pk=self.pk, status=Status.QUEUED).aupdate(
+        claimed = Message.objects.filter(pk=self.pk, status=Status.QUEUED).update(
             status=Status.STREAMING, checkpoint_at=now
         )
-        if claimed:
-            self.status, self.checkpoint_at = Status.STREAMING, now
-        return bool(claimed)
+        if not claimed:
+            return None
+        self.status, self.checkpoint_at = Status.STREAMING, now
+        return self.prompt()
+
+    async def aclaim(self) -> Prompt | None:
+        return await sync_to_async(self.claim)()
 
     @classmethod
     def checkpoint_many(cls, rows: list[tuple[int, str, str]]) -> None:
@@ -348,12 +357,15 @@ class Message(models.Model):
                 setattr(self, name, value)
         return bool(closed)
 
-    async def aprompt(self) -> tuple[list[Turn], str]:
+    def prompt(self) -> Prompt:
         """The turns before this reply, as a provider needs them, and the conversation's system prompt."""
-        conversation = await Conversation.objects.aget(pk=self.conversation_id)
+        system = Conversation.objects.values_list("system_prompt", flat=True).get(pk=self.conversation_id)
         earlier = Message.objects.filter(conversation_id=self.conversation_id, pk__lt=self.pk).order_by("pk")
-        history = [(m.role, m.content) async for m in earlier.only("role", "content")]
-        return turns_from(latest_answers(history)), conversation.system_prompt
+        history = list(earlier.values_list("role", "content"))
+        return turns_from(latest_answers(history)), system
+
+    async def aprompt(self) -> Prompt:
+        return await sync_to_async(self.prompt)()
 
     @classmethod
     def sweep_interrupted(cls, *, older_than: timedelta) -> int:

@@ -55,23 +55,20 @@ async def watch(generation: LiveReply, *, resume_from: int) -> AsyncIterator[str
         # Those ids are not this reply's (a worker restarted): the browser must start the bubble over.
         yield sse.event("reset", "", id=0)
     view = LiveView(generation, resume_from=position)
+    looked = position  # parts this connection has considered, whether or not they have gone out yet
     notice = ""
     heartbeat = settings.CHAT_HEARTBEAT_SECONDS
-    loop = asyncio.get_running_loop()
-    next_frame = 0.0
     try:
         while True:
             waker.clear()  # before reading, so a delta that lands while we send is not missed
             finished = generation.finished  # read before the parts: once it is set no part follows
             end = generation.version
-            if position < end or (finished and view.rendering_pending):
-                if not finished and (wait := next_frame - loop.time()) > 0:
-                    await asyncio.sleep(wait)
-                    continue
+            fresh = end > looked or (finished and view.rendering_pending)
+            if fresh:
+                looked = end
                 if chunk := view.delta_events(start=position, end=end, final=finished):
                     yield chunk
                     position = end
-                    next_frame = loop.time() + FRAME_SECONDS
             if generation.notice != notice:
                 notice = generation.notice
                 yield sse.event("notice", escape(notice), id=position)
@@ -79,7 +76,11 @@ async def watch(generation: LiveReply, *, resume_from: int) -> AsyncIterator[str
                 for chunk in final_events(generation.reply, next_id=view.last_id + 1):
                     yield chunk
                 return
-            if not waker.is_set():
+            if fresh:
+                # At most one look a frame: the tokens that land meanwhile wake nobody here and go out
+                # together in the next write (or wait for a render that is due, see LiveView).
+                await asyncio.sleep(FRAME_SECONDS)
+            elif not waker.is_set():
                 try:
                     async with asyncio.timeout(heartbeat):
                         await waker.wait()

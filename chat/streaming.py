@@ -15,7 +15,7 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from chat import catalog, fanout, live, pricing
 from chat.live import TEXT, THINKING, LiveReply, Shutdown
-from chat.models import Message, Status, UsageSource
+from chat.models import Message, Prompt, Status, UsageSource
 from chat.providers import (
     Event,
     ProviderError,
@@ -42,9 +42,10 @@ class Generation(LiveReply):
     (0: the moment the last watcher leaves) the upstream request is cancelled.
     """
 
-    def __init__(self, reply: Message, hub: fanout.Hub) -> None:
+    def __init__(self, reply: Message, hub: fanout.Hub, prompt: Prompt) -> None:
         super().__init__(reply)
         self.hub = hub
+        self.prompt = prompt
         self.remote = fanout.Subscribers()
         self.task: asyncio.Task[None] | None = None
         self.stop_reason_requested = ""
@@ -142,7 +143,7 @@ class Generation(LiveReply):
 
     async def _generate(self) -> None:
         reply = self.reply
-        turns, system = await reply.aprompt()
+        turns, system = self.prompt
         self.prompt_chars = sum(len(turn.content) for turn in turns) + len(system)
         provider = catalog.provider_named(reply.provider)
         for attempt in range(settings.CHAT_MAX_RETRIES + 1):
@@ -262,8 +263,8 @@ async def _start_or_join(reply: Message) -> LiveReply | None:
     if reply.status == Status.QUEUED:
         if Shutdown.requested:
             return None
-        if await reply.aclaim():
-            generation = Generation(reply, hub)
+        if (prompt := await reply.aclaim()) is not None:
+            generation = Generation(reply, hub, prompt)
             live.owned[reply.pk] = generation
             await hub.join(reply.pk)
             # Its own context, not a copy of this request's: its few database calls then share one

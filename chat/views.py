@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
@@ -233,13 +234,21 @@ def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpRes
     return render(request, f"{PAGE}#settings", context, status=200 if form.is_valid() else 400)
 
 
+def watchable_reply(request: HttpRequest, message_id: int) -> Message | None:
+    """The reply if this request's user may watch it (404 if not theirs), None if the session has expired."""
+    if not request.user.is_authenticated:
+        return None
+    return get_object_or_404(Message.objects.for_user(request.user).replies(), pk=message_id)
+
+
 @require_GET
 async def stream_reply(request: HttpRequest, message_id: int) -> HttpResponse | StreamingHttpResponse:
-    user = await request.auser()
-    if not user.is_authenticated:
+    # The session, the user and the reply in one thread hop: each hop is a round trip through a busy
+    # event loop before the upstream request can start.
+    reply = await sync_to_async(watchable_reply)(request, message_id)
+    if reply is None:
         # An EventSource cannot follow a login redirect; a 401 makes it stop and the page can say why.
         return HttpResponse("Your session has expired; log in again.", status=401)
-    reply = await aget_object_or_404(Message.objects.for_user(user).replies(), pk=message_id)
     return sse.response(relay.reply_events(reply, last_event_id=request.headers.get("Last-Event-ID")))
 
 

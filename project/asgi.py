@@ -18,13 +18,15 @@ from django.conf import settings  # noqa: E402  (configured by the line above)
 
 from chat.lifecycle import on_worker_start  # noqa: E402  (needs the app registry loaded above)
 
+from project.middleware import regroup  # noqa: E402
+
 WHITENOISE = "whitenoise.middleware.WhiteNoiseMiddleware"
 
 
-def without_middleware(path: str) -> Any:
-    """The same Django application with one middleware left out (the chain is built when it is made)."""
+def application_with(middleware: list[str]) -> Any:
+    """The same Django application with another middleware chain (the chain is built when it is made)."""
     full = settings.MIDDLEWARE
-    settings.MIDDLEWARE = [name for name in full if name != path]
+    settings.MIDDLEWARE = middleware
     try:
         return get_asgi_application()
     finally:
@@ -33,8 +35,9 @@ def without_middleware(path: str) -> Any:
 
 # WhiteNoise is sync-only: with it in the chain every request, streams included, runs its middleware in
 # a new thread and hops back to the event loop for the async view. It only ever answers STATIC_URL, so
-# every other path goes to the same app without it, and stays on the event loop.
-_dynamic = without_middleware(WHITENOISE) if WHITENOISE in settings.MIDDLEWARE else django_application
+# every other path goes to an app without it, whose Django middleware run in one thread hop per request
+# half rather than two per middleware (project/middleware.py).
+_dynamic = application_with(regroup([name for name in settings.MIDDLEWARE if name != WHITENOISE]))
 _static_prefix = "/" + settings.STATIC_URL.lstrip("/") if not settings.STATIC_URL.startswith("http") else "\0"
 
 

@@ -55,9 +55,11 @@ INSTALLED_APPS = [
     "chat",
 ]
 
+# Under ASGI the run of Django's own middleware from SecurityMiddleware to XFrameOptionsMiddleware runs in
+# one thread hop per request half (project/middleware.py); keep other middleware outside that run.
 MIDDLEWARE = [
-    "django.middleware.security.SecurityMiddleware",
     "chat.csp.csp_middleware",
+    "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",

@@ -57,7 +57,7 @@ def test_only_one_of_two_concurrent_claims_wins(conversation) -> None:
 
     async def race() -> list[bool]:
         copies = [await Message.objects.aget(pk=reply.pk) for _ in range(2)]
-        return await asyncio.gather(*(copy.aclaim() for copy in copies))
+        return [prompt is not None for prompt in await asyncio.gather(*(copy.aclaim() for copy in copies))]
 
     assert sorted(async_to_sync(race)()) == [False, True]
     reply.refresh_from_db()

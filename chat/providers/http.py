@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-from httpx_sse import EventSource, ServerSentEvent, SSEError
+from httpx_sse import ServerSentEvent
 
 from . import ProviderError, Timeouts
+from .eventstream import server_sent_events
 
 # One client per event loop: a pooled client is bound to the loop that created it, and a worker
 # process runs exactly one loop, so in production this is one client per process.
@@ -63,7 +64,13 @@ async def open_sse(
         ) as response:
             if response.status_code >= 400:
                 raise await _status_error(response)
-            yield EventSource(response).aiter_sse()
+            content_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if content_type != "text/event-stream":
+                raise ProviderError(
+                    "The model provider answered with something other than a stream "
+                    f"(content type {content_type or 'missing'!r})."
+                )
+            yield server_sent_events(response.aiter_bytes())
     except httpx.TimeoutException as exc:
         # httpx-aiohttp reports a refused connection as ConnectTimeout, so the two read the same.
         if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
@@ -75,8 +82,6 @@ async def open_sse(
         raise ProviderError(CONNECT_FAILED, retryable=True) from exc
     except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
         raise ProviderError(LOST, retryable=True) from exc
-    except SSEError as exc:
-        raise ProviderError(f"The model provider answered with something other than a stream: {exc}") from exc
     except httpx.HTTPError as exc:
         raise ProviderError(f"Request to the model provider failed: {type(exc).__name__}.", retryable=True) from exc
 
