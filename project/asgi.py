@@ -17,7 +17,6 @@ django_application = get_asgi_application()
 from django.conf import settings  # noqa: E402  (configured by the line above)
 
 from chat.lifecycle import on_worker_start  # noqa: E402  (needs the app registry loaded above)
-
 from project.middleware import regroup  # noqa: E402
 
 WHITENOISE = "whitenoise.middleware.WhiteNoiseMiddleware"
