@@ -58,29 +58,71 @@ def default_budget() -> Decimal | None:
     return None if value in (None, "") else Decimal(str(value))
 
 
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """Where a user stands against every limit, read in one query before a reply may start."""
+
+    spend: Spend
+    refusal: Refusal | None
+
+
 def month_spend(user: Any) -> Spend:
     """One query: the month's stored costs of the user's replies, next to their own limit if they have one."""
-    spent = (
-        Message.objects.filter(conversation__user=OuterRef("pk"))
-        .created_between(month_start())
-        .values("conversation__user")
-        .annotate(total=Sum("cost"))
-        .values("total")
+    row = _user_row(user, spent=_per_user(_mine().created_between(month_start()), Sum("cost")))
+    return _spend(row)
+
+
+def check(user: Any) -> Standing:
+    """The month's spend and the first limit this user has reached (None when a new reply may start).
+
+    One query with a subquery per limit: this runs before every reply, and each query costs more in
+    the ORM and the driver than in the database."""
+    now = datetime.now(UTC)
+    mine = _mine()
+    recent = mine.replies().created_between(now - RATE_WINDOW)
+    running = mine.running(
+        stale_after=timedelta(seconds=settings.CHAT_INTERRUPTED_AFTER), queued_within=QUEUED_HOLDS_A_SLOT_FOR
     )
-    row = (
-        get_user_model()
-        .objects.filter(pk=user.pk)
-        .values(spent=Subquery(spent[:1]), own_limit=F("spending_limit__monthly_usd"), own=F("spending_limit__pk"))
-        .get()
+    row = _user_row(
+        user,
+        spent=_per_user(mine.created_between(month_start(now)), Sum("cost")),
+        running=_per_user(running, Count("pk")),
+        sent=_per_user(recent, Count("pk")),
+        oldest=_per_user(recent, Min("created_at")),
     )
-    limit = row["own_limit"] if row["own"] is not None else default_budget()
-    return Spend(spent=row["spent"] or Decimal(0), limit=limit)
+    spend = _spend(row)
+    return Standing(spend=spend, refusal=_refusal(spend, row, now))
 
 
 def refusal(user: Any) -> Refusal | None:
     """The first limit this user has reached, or None when a new reply may start."""
-    now = datetime.now(UTC)
-    spend = month_spend(user)
+    return check(user).refusal
+
+
+def _mine() -> Any:
+    # Deleted conversations included (Message.objects.billed_to): deleting a chat is no way round a limit.
+    return Message.objects.filter(conversation__user=OuterRef("pk"))
+
+
+def _per_user(rows: Any, aggregate: Any) -> Subquery:
+    return Subquery(rows.values("conversation__user").annotate(value=aggregate).values("value")[:1])
+
+
+def _user_row(user: Any, **values: Any) -> dict[str, Any]:
+    return (
+        get_user_model()
+        .objects.filter(pk=user.pk)
+        .values(**values, own_limit=F("spending_limit__monthly_usd"), own=F("spending_limit__pk"))
+        .get()
+    )
+
+
+def _spend(row: dict[str, Any]) -> Spend:
+    limit = row["own_limit"] if row["own"] is not None else default_budget()
+    return Spend(spent=row["spent"] or Decimal(0), limit=limit)
+
+
+def _refusal(spend: Spend, row: dict[str, Any], now: datetime) -> Refusal | None:
     if spend.exhausted:
         # The next reply's cost is unknown until it finishes, so a send is refused only once the
         # stored costs have reached the limit; a reply already running is allowed to finish.
@@ -91,30 +133,23 @@ def refusal(user: Any) -> Refusal | None:
             ),
             retry_after=math.ceil((next_month_start(now) - now).total_seconds()),
         )
-    mine = Message.objects.billed_to(user)
     max_running = settings.CHAT_MAX_CONCURRENT_REPLIES
-    if max_running > 0:
-        running = mine.running(
-            stale_after=timedelta(seconds=settings.CHAT_INTERRUPTED_AFTER), queued_within=QUEUED_HOLDS_A_SLOT_FOR
-        ).count()
-        if running >= max_running:
-            return Refusal(
-                message=(
-                    f"You already have {running} replies being written (the limit is {max_running}). "
-                    "Wait for one to finish, or stop one, then send again."
-                ),
-                retry_after=CONCURRENCY_RETRY_AFTER,
-            )
+    running = row["running"] or 0
+    if 0 < max_running <= running:
+        return Refusal(
+            message=(
+                f"You already have {running} replies being written (the limit is {max_running}). "
+                "Wait for one to finish, or stop one, then send again."
+            ),
+            retry_after=CONCURRENCY_RETRY_AFTER,
+        )
+    # Replies, not the user's own messages: Retry, Regenerate and Continue start a reply (an
+    # upstream request) without one, and every send starts exactly one.
     per_minute = settings.CHAT_MESSAGES_PER_MINUTE
-    if per_minute > 0:
-        # Replies, not the user's own messages: Retry, Regenerate and Continue start a reply (an
-        # upstream request) without one, and every send starts exactly one.
-        recent = mine.replies().created_between(now - RATE_WINDOW)
-        window = recent.aggregate(sent=Count("pk"), oldest=Min("created_at"))
-        if window["sent"] >= per_minute:
-            frees_up = window["oldest"] + RATE_WINDOW - now
-            return Refusal(
-                message=f"You are sending messages too quickly (the limit is {per_minute} a minute). Wait a moment.",
-                retry_after=max(1, math.ceil(frees_up.total_seconds())),
-            )
+    if 0 < per_minute <= (row["sent"] or 0):
+        frees_up = row["oldest"] + RATE_WINDOW - now
+        return Refusal(
+            message=f"You are sending messages too quickly (the limit is {per_minute} a minute). Wait a moment.",
+            retry_after=max(1, math.ceil(frees_up.total_seconds())),
+        )
     return None

@@ -148,10 +148,6 @@ class Conversation(models.Model):
     def ask(self, *, text: str, model: str | None = None, request_key: str = "") -> Message:
         """Store the user's message and a queued reply in one transaction; a repeated request_key
         (a double submit of the same form) returns the reply the first submit created."""
-        if request_key:
-            existing = self.messages.filter(request_key=request_key, role=Role.ASSISTANT).first()
-            if existing:
-                return existing
         fields = ["updated_at"]
         if model and model != self.model:
             self.model = model
@@ -160,21 +156,25 @@ class Conversation(models.Model):
             self.title = title_from(text)
             fields.append("title")
         provider, _, model_name = self.model.partition(":")
+        question = Message(conversation=self, role=Role.USER, content=text, status=Status.COMPLETED)
+        reply = Message(
+            conversation=self,
+            role=Role.ASSISTANT,
+            status=Status.QUEUED,
+            provider=provider,
+            model=model_name,
+            request_key=request_key,
+        )
         try:
             with transaction.atomic():
                 self.save(update_fields=fields)
-                Message.objects.create(conversation=self, role=Role.USER, content=text, status=Status.COMPLETED)
-                return Message.objects.create(
-                    conversation=self,
-                    role=Role.ASSISTANT,
-                    status=Status.QUEUED,
-                    provider=provider,
-                    model=model_name,
-                    request_key=request_key,
-                )
+                Message.objects.bulk_create([question, reply])  # one INSERT, in this order
         except IntegrityError:
-            # Two submits raced past the lookup above; the unique constraint let exactly one in.
+            if not request_key:
+                raise
+            # A double submit: the unique constraint kept the second out, and rolled back its question too.
             return self.messages.get(request_key=request_key, role=Role.ASSISTANT)
+        return reply
 
 
 def title_from(text: str) -> str:

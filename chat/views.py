@@ -48,11 +48,16 @@ def conversation_context(request: HttpRequest, conversation: Conversation, form:
 
 
 def exchange(
-    request: HttpRequest, conversation: Conversation, reply: Message, *, form: MessageForm | None
+    request: HttpRequest,
+    conversation: Conversation,
+    reply: Message,
+    *,
+    form: MessageForm | None,
+    spend: limits.Spend | None = None,
 ) -> HttpResponse:
     """A question and its new reply, for an htmx request that added them."""
     question = conversation.messages.filter(role="user", pk__lt=reply.pk).last()
-    context = page_context(request, conversation, question=question, reply=reply, form=form)
+    context = page_context(request, conversation, question=question, reply=reply, form=form, spend=spend)
     return render(request, f"{PAGE}#exchange", context)
 
 
@@ -152,13 +157,15 @@ def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     form = MessageForm(request.POST)
     if not form.is_valid():
         return with_composer(request, conversation, form, status=400)
-    if refusal := limits.refusal(request.user):
-        return refused(request, refusal, conversation, form)
+    standing = limits.check(request.user)
+    if standing.refusal:
+        return refused(request, standing.refusal, conversation, form)
     data = form.cleaned_data
     reply = conversation.ask(text=data["text"], model=data["model"] or None, request_key=data["request_key"])
     if not request.htmx:
         return redirect("chat:conversation", conversation_id=conversation.pk)
-    return exchange(request, conversation, reply, form=composer_form(conversation))
+    # The new reply has no cost yet, so the spend just read is still the composer's figure.
+    return exchange(request, conversation, reply, form=composer_form(conversation), spend=standing.spend)
 
 
 @login_required

@@ -36,7 +36,9 @@ def conversation(owner) -> Conversation:
 
 @pytest.fixture
 def refuse(monkeypatch) -> None:
-    monkeypatch.setattr(limits, "refusal", lambda user: limits.Refusal(message="Slow down, please.", retry_after=7))
+    refused = limits.Refusal(message="Slow down, please.", retry_after=7)
+    standing = limits.Standing(spend=limits.Spend(spent=Decimal(0), limit=None), refusal=refused)
+    monkeypatch.setattr(limits, "check", lambda user: standing)
 
 
 def exchange(conversation: Conversation, question: str, answer: str, **reply: object) -> Message:
