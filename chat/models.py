@@ -359,10 +359,14 @@ class Message(models.Model):
 
     def prompt(self) -> Prompt:
         """The turns before this reply, as a provider needs them, and the conversation's system prompt."""
-        system = Conversation.objects.values_list("system_prompt", flat=True).get(pk=self.conversation_id)
         earlier = Message.objects.filter(conversation_id=self.conversation_id, pk__lt=self.pk).order_by("pk")
-        history = list(earlier.values_list("role", "content"))
-        return turns_from(latest_answers(history)), system
+        # The system prompt rides along on every row: one query instead of two on the way to the first token.
+        rows = list(earlier.values_list("role", "content", "conversation__system_prompt"))
+        if rows:
+            system = rows[0][2]
+        else:
+            system = Conversation.objects.values_list("system_prompt", flat=True).get(pk=self.conversation_id)
+        return turns_from(latest_answers([(role, content) for role, content, _ in rows])), system
 
     async def aprompt(self) -> Prompt:
         return await sync_to_async(self.prompt)()

@@ -1,0 +1,109 @@
+"""Django's middleware under ASGI run as one group (project/middleware.py): same hooks, same order, same answers."""
+
+from __future__ import annotations
+
+import pytest
+from django.http import HttpRequest, HttpResponse
+from django.test import RequestFactory
+from django.utils.deprecation import MiddlewareMixin
+
+from project import middleware
+from tests.conftest import ChatClient
+
+calls: list[str] = []
+
+
+class First(MiddlewareMixin):
+    def process_request(self, request: HttpRequest) -> None:
+        calls.append("first request")
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        calls.append("first response")
+        response["X-First"] = "1"
+        return response
+
+
+class Gate(MiddlewareMixin):
+    """Answers by itself when asked to; its own process_response still runs, as in Django's chain."""
+
+    def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        calls.append("gate request")
+        if request.GET.get("gate") == "closed":
+            return HttpResponse("closed by the gate", status=403)
+        if request.GET.get("gate") == "broken":
+            raise PermissionError("not a Django exception")  # becomes a 500, like any middleware error
+        return None
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        calls.append("gate response")
+        return response
+
+
+class Last(MiddlewareMixin):
+    def process_request(self, request: HttpRequest) -> None:
+        calls.append("last request")
+
+    def process_response(self, request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        calls.append("last response")
+        return response
+
+
+PATHS = [f"{__name__}.{name}" for name in ("First", "Gate", "Last")]
+
+
+@pytest.fixture
+def group() -> middleware.OneHop:
+    calls.clear()
+    (path,) = middleware.regroup(PATHS)
+    group_class = getattr(middleware, path.rsplit(".", 1)[1])
+
+    async def view(request: HttpRequest) -> HttpResponse:
+        calls.append("view")
+        return HttpResponse("from the view")
+
+    return group_class(view)
+
+
+async def test_a_group_runs_every_hook_in_django_order(group) -> None:
+    response = await group(RequestFactory().get("/"))
+    assert response.content == b"from the view" and response["X-First"] == "1"
+    assert calls == [
+        "first request", "gate request", "last request", "view", "last response", "gate response", "first response",
+    ]  # fmt: skip
+
+
+async def test_a_member_that_answers_skips_the_rest_but_keeps_the_responses_of_those_reached(group) -> None:
+    response = await group(RequestFactory().get("/", {"gate": "closed"}))
+    assert response.status_code == 403 and response["X-First"] == "1"
+    assert calls == ["first request", "gate request", "gate response", "first response"]
+
+
+async def test_an_exception_in_a_member_becomes_a_response_as_in_djangos_chain(group) -> None:
+    response = await group(RequestFactory().get("/", {"gate": "broken"}))
+    assert response.status_code == 500 and response["X-First"] == "1"
+    assert calls == ["first request", "gate request", "gate response", "first response"]
+
+
+def test_regroup_keeps_other_middleware_in_place() -> None:
+    grouped = middleware.regroup(["chat.csp.csp_middleware", *PATHS, "django_htmx.middleware.HtmxMiddleware"])
+    assert grouped[0] == "chat.csp.csp_middleware" and grouped[2] == "django_htmx.middleware.HtmxMiddleware"
+    assert grouped[1].startswith("project.middleware.OneHop") and len(grouped) == 3
+    assert middleware.regroup([PATHS[0]]) == [PATHS[0]]  # a lone class stays as it is
+
+
+def test_the_running_server_sends_every_grouped_middlewares_headers(chat: ChatClient) -> None:
+    response = chat.http.get("/chat/")
+    assert response.status_code == 200
+    assert response.headers["X-Frame-Options"] == "DENY"  # XFrameOptionsMiddleware
+    assert response.headers["X-Content-Type-Options"] == "nosniff"  # SecurityMiddleware
+    assert "Cookie" in response.headers["Vary"]  # SessionMiddleware saw the session used
+    assert "script-src 'self'" in response.headers["Content-Security-Policy"]  # outside the group
+
+
+def test_the_running_server_still_checks_csrf_in_the_group(chat: ChatClient) -> None:
+    conversation = chat.conversation()
+    forged = chat.http.post(f"/chat/{conversation.pk}/messages/", data={"text": "no token"})
+    assert forged.status_code == 403
+    assert not conversation.messages.exists()
+    sent = chat.send(conversation, "with the token")
+    assert sent.status_code == 200 and conversation.messages.count() == 2
