@@ -57,10 +57,10 @@ def by_total(rows: list[tuple[str, float, float]], *, contains: str, limit: int 
 CATEGORIES = [
     ("POST send view (thread)", ("send_message (chat/views",)),
     ("checkpoint writes", ("checkpoint_many", "SQLUpdateCompiler")),
-    ("DB reads: session, user, reply, prompt", ("QuerySet.get", "_fetch_all", "SessionStore", "aprompt")),
+    ("DB reads: session, user, reply, prompt", ("QuerySet.get", "_fetch_all", "SessionStore", "Message.claim")),
     ("relay: markdown render + sanitise", ("rendering.py", "LiveView._render")),
     ("relay: watch loop + SSE encoding", ("chat/relay.py", "chat/sse.py", "chat/live.py")),
-    ("upstream: read + parse (httpx, aiohttp, httpx-sse, json)", ("chat/providers", "httpx", "httpcore", "aiohttp/")),
+    ("upstream: read + parse (httpx, aiohttp, SSE framing, json)", ("chat/providers", "httpx", "httpcore", "aiohttp/")),
     ("generation loop", ("chat/streaming.py", "chat/fanout.py")),
 ]
 # ... else the layer of the frame nearest the leaf that belongs to one of these (servers sit at every root).
@@ -68,7 +68,7 @@ LAYERS = [
     ("other database (connect, close, psycopg)", ("psycopg", "django/db")),
     ("daphne / Twisted (HTTP out)", ("daphne/", "twisted/")),
     ("uvicorn (HTTP out)", ("uvicorn/", "httptools")),
-    ("Django ASGI handler + middleware", ("django/", "whitenoise/", "chat/csp.py")),
+    ("Django ASGI handler + middleware", ("django/", "whitenoise/", "chat/csp.py", "project/middleware.py")),
     ("thread hops (asgiref, executor, threading)", ("asgiref/", "concurrent/futures", "threading.py")),
     ("event loop (asyncio, selectors)", ("asyncio/", "selectors.py")),
 ]
