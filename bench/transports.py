@@ -1,14 +1,19 @@
 """python -m bench.transports: the upstream half alone, per httpx transport — CPU per event through the
-app's own provider code (chat.providers.openai over chat.providers.http), C streams from the simulator."""
+app's own provider code (chat.providers.openai over chat.providers.http), C streams from the simulator.
+
+A third reader, "aiohttp+lines", is the app on the aiohttp transport with httpx-sse's line-by-line reader
+in place of chat.providers.eventstream's byte framing, to weigh that choice in the same run."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import os
 import resource
 import sys
 import time
+from collections.abc import AsyncIterator
 
 from bench import procs
 
@@ -43,6 +48,17 @@ async def read_all(*, base_url: str, streams: int, rounds: int) -> tuple[int, fl
     return deltas, cpu, wall
 
 
+async def line_reader(chunks: AsyncIterator[bytes]) -> AsyncIterator[object]:
+    """httpx-sse's own path: bytes to text incrementally, text to lines, lines to events (as EventSource does)."""
+    from httpx_sse._decoders import SSEDecoder, SSELineDecoder
+
+    text, lines, fields = codecs.getincrementaldecoder("utf-8")("replace"), SSELineDecoder(), SSEDecoder()
+    async for chunk in chunks:
+        for line in lines.decode(text.decode(chunk)):
+            if (event := fields.decode(line)) is not None:
+                yield event
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.transports", description=__doc__)
     parser.add_argument("--streams", type=int, default=100)
@@ -63,24 +79,30 @@ def main(argv: list[str] | None = None) -> int:
     sim, url = procs.start_simulator(
         tokens=args.tokens, interval=args.interval / 1000, ttft=0.05, log=procs.ROOT / "bench/out/logs/sim-tr.log"
     )
-    results: dict[str, list[float]] = {"aiohttp": [], "httpx": []}
+    results: dict[str, list[float]] = {"aiohttp": [], "httpx": [], "aiohttp+lines": []}
+    framing = http.server_sent_events
     try:
         for _ in range(args.repeat):
-            for transport in results:
+            for label in results:
+                transport, _, reader = label.partition("+")
+                http.server_sent_events = line_reader if reader else framing
                 http.configure_client(transport=transport, max_connections=max(100, args.streams * 2))
                 run = read_all(base_url=f"{url}/v1", streams=args.streams, rounds=args.rounds)
                 deltas, cpu, wall = asyncio.run(run)
                 events = deltas * (args.tokens + 4) / args.tokens
-                results[transport].append(cpu / events * 1e6)
+                results[label].append(cpu / events * 1e6)
                 print(
-                    f"{transport:8} {args.streams} streams x {args.rounds}: {events:8.0f} events in {wall:5.1f} s, "
+                    f"{label:14} {args.streams} streams x {args.rounds}: {events:8.0f} events in {wall:5.1f} s, "
                     f"{cpu / events * 1e6:6.1f} µs CPU/event ({cpu / wall:.0%} of a core)",
                     flush=True,
                 )
     finally:
+        http.server_sent_events = framing
         sim.stop()
-    for transport, values in results.items():
-        print(f"{transport}: best {min(values):.1f} µs/event, all {', '.join(f'{v:.1f}' for v in values)}")
+    for label, values in results.items():
+        middle = sorted(values)[len(values) // 2]
+        listed = ", ".join(f"{v:.1f}" for v in values)
+        print(f"{label}: median {middle:.1f} µs/event, best {min(values):.1f}, all {listed}")
     return 0
 
 
