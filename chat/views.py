@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from asgiref.sync import sync_to_async
@@ -168,38 +169,48 @@ def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     return exchange(request, conversation, reply, form=composer_form(conversation), spend=standing.spend)
 
 
-@login_required
-@require_POST
-def regenerate_reply(request: HttpRequest, message_id: int) -> HttpResponse:
-    """Retry a failed reply, or Regenerate the latest one: a new reply to the same question."""
+def another_reply(
+    request: HttpRequest,
+    message_id: int,
+    start: Callable[[Conversation, Message], Message],
+    respond: Callable[[Conversation, Message], HttpResponse],
+) -> HttpResponse:
+    """Start a new reply from one of the user's replies (Retry, Regenerate, Continue), within the limits."""
     reply = users_reply(request, message_id)
     conversation = reply.conversation
     if refusal := limits.refusal(request.user):
         return refused(request, refusal, conversation)
     try:
-        new_reply = conversation.regenerate(reply)
+        new_reply = start(conversation, reply)
     except NotTheLatestReply as exc:
         return page_notice(request, conversation, str(exc), status=409)
     if not request.htmx:
         return redirect("chat:conversation", conversation_id=conversation.pk)
-    return render(request, f"{PAGE}#message", {"message": new_reply})
+    return respond(conversation, new_reply)
+
+
+@login_required
+@require_POST
+def regenerate_reply(request: HttpRequest, message_id: int) -> HttpResponse:
+    """Retry a failed reply, or Regenerate the latest one: a new reply to the same question."""
+    return another_reply(
+        request,
+        message_id,
+        Conversation.regenerate,
+        lambda conversation, new_reply: render(request, f"{PAGE}#message", {"message": new_reply}),
+    )
 
 
 @login_required
 @require_POST
 def continue_reply(request: HttpRequest, message_id: int) -> HttpResponse:
     """Continue a reply cut off at the token limit."""
-    reply = users_reply(request, message_id)
-    conversation = reply.conversation
-    if refusal := limits.refusal(request.user):
-        return refused(request, refusal, conversation)
-    try:
-        new_reply = conversation.continue_after(reply)
-    except NotTheLatestReply as exc:
-        return page_notice(request, conversation, str(exc), status=409)
-    if not request.htmx:
-        return redirect("chat:conversation", conversation_id=conversation.pk)
-    return exchange(request, conversation, new_reply, form=None)
+    return another_reply(
+        request,
+        message_id,
+        Conversation.continue_after,
+        lambda conversation, new_reply: exchange(request, conversation, new_reply, form=None),
+    )
 
 
 @login_required
@@ -243,9 +254,7 @@ def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpRes
 
 def watchable_reply(request: HttpRequest, message_id: int) -> Message | None:
     """The reply if this request's user may watch it (404 if not theirs), None if the session has expired."""
-    if not request.user.is_authenticated:
-        return None
-    return get_object_or_404(Message.objects.for_user(request.user).replies(), pk=message_id)
+    return users_reply(request, message_id) if request.user.is_authenticated else None
 
 
 @require_GET
@@ -262,6 +271,7 @@ async def stream_reply(request: HttpRequest, message_id: int) -> HttpResponse | 
 @login_required
 @require_POST
 async def stop_reply(request: HttpRequest, message_id: int) -> HttpResponse:
+    # login_required has already loaded the user for this async view: reuse it rather than reload it in a thread.
     user = await request.auser()
     reply = await aget_object_or_404(Message.objects.for_user(user).replies(), pk=message_id)
     await streaming.request_stop(reply)

@@ -12,6 +12,7 @@ process_view) and one for the response half. WSGI and the test client keep the p
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -112,10 +113,9 @@ def regroup(middleware: list[str]) -> list[str]:
 
 def _group(paths: list[str]) -> str:
     # Django imports middleware by dotted path, so each group is a class of this module.
-    name = f"OneHop{len(_groups)}"
-    _groups[name] = type(name, (OneHop,), {"members": tuple(paths), "__module__": __name__})
-    globals()[name] = _groups[name]
+    name = f"OneHop{next(_numbers)}"
+    globals()[name] = type(name, (OneHop,), {"members": tuple(paths), "__module__": __name__})
     return f"{__name__}.{name}"
 
 
-_groups: dict[str, type[OneHop]] = {}
+_numbers = itertools.count()

@@ -31,9 +31,6 @@ class EventStreamDecoder:
             if chunk.endswith(b"\r"):
                 chunk, self._held_cr = chunk[:-1], True
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        if b"\n\n" not in chunk and not (chunk.startswith(b"\n") and self._pending.endswith(b"\n")):
-            self._pending += chunk  # the common case at one token a packet is a whole event, not this
-            return []
         *blocks, self._pending = (self._pending + chunk).split(b"\n\n")
         return [event for block in blocks if (event := self._event(block)) is not None]
 
