@@ -197,7 +197,9 @@ def raw_delta(data: str) -> str:
 
 def parse_stream(raw: str, times: list[tuple[int, float]] | None = None) -> list[StreamEvent]:
     events = []
-    for block in raw.replace("\r\n", "\n").split("\n\n"):
+    # As EventSource does, an event counts once its blank line has arrived: the part after the last one is
+    # still on its way (a read can end mid-event), and taking it early would keep a truncated copy.
+    for block in raw.replace("\r\n", "\n").split("\n\n")[:-1]:
         name, data, event_id = "message", [], ""
         for line in block.split("\n"):
             if line.startswith("event: "):
