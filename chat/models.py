@@ -202,17 +202,6 @@ class MessageQuerySet(models.QuerySet["Message"]):
         rows = self.filter(created_at__gte=start)
         return rows if end is None else rows.filter(created_at__lt=end)
 
-    def running(self, *, stale_after: timedelta, queued_within: timedelta) -> MessageQuerySet:
-        """Replies that hold a concurrency slot: streaming and checkpointed recently (an older
-        checkpoint means a dead worker's row, which the sweep will close), or queued recently (a
-        reply whose stream was never opened, e.g. the tab closed right after sending, would
-        otherwise block the user until somebody opened it)."""
-        now = timezone.now()
-        return self.replies().filter(
-            Q(status=Status.STREAMING, checkpoint_at__gte=now - stale_after)
-            | Q(status=Status.QUEUED, created_at__gte=now - queued_within)
-        )
-
     def without_cost(self) -> MessageQuerySet:
         return self.filter(WITHOUT_COST)
 

@@ -93,6 +93,25 @@ def test_the_months_spend_is_one_query(person, django_assert_num_queries) -> Non
         assert limits.month_spend(person).spent == Decimal("0.25")
 
 
+def test_the_spend_is_exact_to_the_costs_last_digit(person, django_user_model) -> None:
+    # SQLite returns a sum of decimals as a float: 0.1 + 0.2 must still read back as 0.3.
+    for cost in ("0.1", "0.2", "0.0000000001"):
+        spent(person, cost)
+    spent(django_user_model.objects.create_user(username="someone-else"), "7")
+    assert limits.month_spend(person).spent == Decimal("0.3000000001")
+
+
+def test_a_send_is_checked_against_every_limit_in_one_query(settings, person, django_assert_num_queries) -> None:
+    settings.CHAT_MONTHLY_BUDGET_USD = "5"
+    settings.CHAT_MESSAGES_PER_MINUTE = 10
+    SpendingLimit.objects.create(user=person, monthly_usd=Decimal("3.5"))
+    spent(person, "1.25")
+    replies(person, 2, status=Status.STREAMING)
+    with django_assert_num_queries(1):
+        standing = limits.check(person)
+    assert standing == limits.Standing(spend=limits.Spend(spent=Decimal("1.25"), limit=Decimal("3.5")), refusal=None)
+
+
 def test_concurrent_replies_count_live_ones_only(settings, person, django_user_model) -> None:
     settings.CHAT_MAX_CONCURRENT_REPLIES = 2
     settings.CHAT_INTERRUPTED_AFTER = 30
