@@ -11,6 +11,7 @@ from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.db.models import Case, Q, Sum, Value, When
 from django.utils import timezone
+from django.utils.functional import cached_property
 
 from chat.providers import Turn, Usage
 
@@ -174,6 +175,7 @@ class Conversation(models.Model):
                 raise
             # A double submit: the unique constraint kept the second out, and rolled back its question too.
             return self.messages.get(request_key=request_key, role=Role.ASSISTANT)
+        reply.question = question
         return reply
 
 
@@ -249,6 +251,11 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role} #{self.pk} ({self.status})"
+
+    @cached_property
+    def question(self) -> Message | None:
+        """The user's message this reply answers (Conversation.ask sets it, saving the query)."""
+        return self.conversation.messages.filter(role=Role.USER, pk__lt=self.pk).last()
 
     @property
     def is_finished(self) -> bool:

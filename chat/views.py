@@ -57,8 +57,7 @@ def exchange(
     spend: limits.Spend | None = None,
 ) -> HttpResponse:
     """A question and its new reply, for an htmx request that added them."""
-    question = conversation.messages.filter(role="user", pk__lt=reply.pk).last()
-    context = page_context(request, conversation, question=question, reply=reply, form=form, spend=spend)
+    context = page_context(request, conversation, question=reply.question, reply=reply, form=form, spend=spend)
     return render(request, f"{PAGE}#exchange", context)
 
 
