@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import IntegrityError, models, transaction
-from django.db.models import Case, Q, Sum, Value, When
+from django.db import IntegrityError, connection, models, transaction
+from django.db.models import Q, Sum
 from django.utils import timezone
 from django.utils.functional import cached_property
 
@@ -300,20 +300,19 @@ class Message(models.Model):
 
     @classmethod
     def checkpoint_many(cls, rows: list[tuple[int, str, str]]) -> None:
-        """Save the partial (pk, content, thinking) of many streaming replies, one UPDATE per 500.
+        """Save the partial (pk, content, thinking) of many streaming replies in one transaction.
 
         Filtered on status so a checkpoint can never resurrect, or shorten, a row closed meanwhile.
+        One prepared UPDATE per row, sent together (psycopg pipelines executemany): the ORM's
+        single UPDATE with a CASE per row took 27 ms of CPU to build for 100 replies, holding the
+        GIL, and so the event loop, for that long once a second.
         """
-        now = timezone.now()
-        for start in range(0, len(rows), 500):
-            batch = rows[start : start + 500]
-            cls.objects.filter(pk__in=[pk for pk, _, _ in batch], status=Status.STREAMING).update(
-                content=Case(*(When(pk=pk, then=Value(content)) for pk, content, _ in batch)),
-                thinking=Case(*(When(pk=pk, then=Value(thinking)) for pk, _, thinking in batch), default=Value("")),
-                checkpoint_at=now,
-            )
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        params = [(content, thinking, now, pk, Status.STREAMING.value) for pk, content, thinking in rows]
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.executemany(_CHECKPOINT_SQL, params)
 
-    async def afinish(
+    def finish(
         self,
         *,
         status: Status,
@@ -345,13 +344,14 @@ class Message(models.Model):
             "duration_ms": duration_ms,
             "finished_at": timezone.now(),
         }
-        closed = await Message.objects.filter(pk=self.pk, status__in=[Status.QUEUED, Status.STREAMING]).aupdate(
-            **values
-        )
+        closed = Message.objects.filter(pk=self.pk, status__in=[Status.QUEUED, Status.STREAMING]).update(**values)
         if closed:
             for name, value in values.items():
                 setattr(self, name, value)
         return bool(closed)
+
+    async def afinish(self, **outcome: Any) -> bool:
+        return await sync_to_async(self.finish)(**outcome)
 
     def prompt(self) -> Prompt:
         """The turns before this reply, as a provider needs them, and the conversation's system prompt."""
@@ -377,6 +377,12 @@ class Message(models.Model):
         """The same sweep from a running worker, which never touches the replies it is writing itself."""
         rows = cls.objects.stale_streaming(older_than=older_than).exclude(pk__in=keep)
         return await rows.aupdate(**interrupted_values())
+
+
+# The table is Message's.
+_CHECKPOINT_SQL = (
+    "UPDATE chat_message SET content = %s, thinking = %s, checkpoint_at = %s WHERE id = %s AND status = %s"
+)
 
 
 def interrupted_values() -> dict[str, object]:

@@ -7,6 +7,7 @@ import math
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
+from asgiref.sync import sync_to_async
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
@@ -43,19 +44,23 @@ def cost_of(*, provider: str, model: str, usage: Usage, price: ModelPrice | None
     return cost.quantize(STORED_PLACES)
 
 
-async def acost_of(*, provider: str, model: str, usage: Usage, on: date | None = None) -> Decimal | None:
-    """cost_of for the finish path: loads the ModelPrice in force on `on` (today, UTC) with the async ORM."""
+def priced_cost(*, provider: str, model: str, usage: Usage, on: date | None = None) -> Decimal | None:
+    """cost_of for the finish path: with the operator's ModelPrice in force on `on` (today, UTC), if any."""
     if usage.input_tokens is None or usage.output_tokens is None:
         return None
     on = on or datetime.now(UTC).date()
     try:
-        price = await ModelPrice.objects.effective(provider=provider, model=model, on=on).afirst()
+        price = ModelPrice.objects.effective(provider=provider, model=model, on=on).first()
     except Exception:
         # Falling back to the snapshot could silently ignore the operator's price: unpriced is honest,
         # and the reply then shows up in the admin's list of unpriced replies.
         logger.exception("could not load the price of %s:%s", provider, model)
         return None
     return cost_of(provider=provider, model=model, usage=usage, price=price)
+
+
+async def acost_of(*, provider: str, model: str, usage: Usage, on: date | None = None) -> Decimal | None:
+    return await sync_to_async(priced_cost)(provider=provider, model=model, usage=usage, on=on)
 
 
 def cost_from_snapshot(*, provider: str, model: str, usage: Usage) -> Decimal:

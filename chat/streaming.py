@@ -188,18 +188,23 @@ class Generation(LiveReply):
         content, thinking = self.text(TEXT), self.text(THINKING)
         usage = self.final_usage(content=content, thinking=thinking)
         now = time.monotonic()
-        try:
-            await self.reply.afinish(
+        reply = self.reply
+
+        def store() -> None:  # the price and the row in one thread hop
+            reply.finish(
                 status=status,
                 content=content,
                 thinking=thinking,
                 stop_reason=self.stop_reason,
                 usage=usage,
-                cost=await pricing.acost_of(provider=self.reply.provider, model=self.reply.model, usage=usage),
+                cost=pricing.priced_cost(provider=reply.provider, model=reply.model, usage=usage),
                 error=error,
                 ttft_ms=None if self.first_token_at is None else round((self.first_token_at - self.started) * 1000),
                 duration_ms=round((now - self.started) * 1000),
             )
+
+        try:
+            await sync_to_async(store)()
         except Exception:
             # The row stays `streaming` and the sweep will close it as interrupted with its checkpoint.
             logger.exception("could not store the end of reply %s", self.reply.pk)
