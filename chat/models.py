@@ -364,9 +364,6 @@ class Message(models.Model):
             system = Conversation.objects.values_list("system_prompt", flat=True).get(pk=self.conversation_id)
         return turns_from(latest_answers([(role, content) for role, content, _ in rows])), system
 
-    async def aprompt(self) -> Prompt:
-        return await sync_to_async(self.prompt)()
-
     @classmethod
     def sweep_interrupted(cls, *, older_than: timedelta) -> int:
         """Close rows a dead process left `streaming`; their text is what the last checkpoint saved."""

@@ -7,7 +7,6 @@ import math
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from asgiref.sync import sync_to_async
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
@@ -25,7 +24,7 @@ def cost_of(*, provider: str, model: str, usage: Usage, price: ModelPrice | None
     """USD for this usage, or None when the model has no known price or the counts are unknown.
 
     Pure and free of database access, so async code may call it; `price` is an operator's
-    ModelPrice that was already loaded (see acost_of) and wins over the snapshot.
+    ModelPrice that was already loaded (see priced_cost) and wins over the snapshot.
     """
     if usage.input_tokens is None or usage.output_tokens is None:
         return None
@@ -57,10 +56,6 @@ def priced_cost(*, provider: str, model: str, usage: Usage, on: date | None = No
         logger.exception("could not load the price of %s:%s", provider, model)
         return None
     return cost_of(provider=provider, model=model, usage=usage, price=price)
-
-
-async def acost_of(*, provider: str, model: str, usage: Usage, on: date | None = None) -> Decimal | None:
-    return await sync_to_async(priced_cost)(provider=provider, model=model, usage=usage, on=on)
 
 
 def cost_from_snapshot(*, provider: str, model: str, usage: Usage) -> Decimal:

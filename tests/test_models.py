@@ -117,7 +117,7 @@ def test_the_prompt_is_the_history_before_the_reply_with_the_system_prompt(conve
     Message.objects.filter(pk=failed.pk).update(status=Status.FAILED, content="")
     reply = conversation.ask(text="three")
     later = conversation.ask(text="four")  # noqa: F841 - after the reply, so not part of its prompt
-    turns, system = async_to_sync(reply.aprompt)()
+    turns, system = reply.prompt()
     assert system == "Answer in French."
     assert turns == [Turn("user", "one"), Turn("assistant", "un"), Turn("user", "two\n\nthree")]
 

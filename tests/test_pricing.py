@@ -92,35 +92,34 @@ def test_a_table_price_wins_over_the_snapshot_and_prices_a_model_it_does_not_kno
     assert pricing.cost_of(provider="openai", model="local-llama", usage=usage, price=known) == Decimal(10)
 
 
-# Transactional: the async ORM runs on another thread's connection, outside a test's wrapping transaction.
-@pytest.mark.django_db(transaction=True)
-async def test_acost_of_uses_the_price_in_force_on_the_day() -> None:
+@pytest.mark.django_db
+def test_the_finish_price_is_the_one_in_force_on_the_day() -> None:
     today = date(2026, 11, 15)
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
-    await ModelPrice.objects.acreate(
+    ModelPrice.objects.create(
         provider="openai",
         model="gpt-4o-mini",
         effective_from=today - timedelta(days=30),
         input_per_mtok=1,
         output_per_mtok=2,
     )
-    await ModelPrice.objects.acreate(
+    ModelPrice.objects.create(
         provider="openai", model="gpt-4o-mini", effective_from=today, input_per_mtok=3, output_per_mtok=4
     )
-    await ModelPrice.objects.acreate(
+    ModelPrice.objects.create(
         provider="openai",
         model="gpt-4o-mini",
         effective_from=today + timedelta(days=1),
         input_per_mtok=5,
         output_per_mtok=6,
     )
-    assert await pricing.acost_of(provider="openai", model="gpt-4o-mini", usage=usage, on=today) == Decimal(7)
-    assert await pricing.acost_of(provider="openai", model="gpt-4o-mini", usage=usage, on=today - timedelta(1)) == 3
+    assert pricing.priced_cost(provider="openai", model="gpt-4o-mini", usage=usage, on=today) == Decimal(7)
+    assert pricing.priced_cost(provider="openai", model="gpt-4o-mini", usage=usage, on=today - timedelta(1)) == 3
     # Before the first row the snapshot prices it: $0.15 + $0.60.
     early = today - timedelta(days=31)
-    assert await pricing.acost_of(provider="openai", model="gpt-4o-mini", usage=usage, on=early) == Decimal("0.75")
+    assert pricing.priced_cost(provider="openai", model="gpt-4o-mini", usage=usage, on=early) == Decimal("0.75")
     # Another model is not touched by these rows.
-    assert await pricing.acost_of(provider="openai", model="local-llama", usage=usage, on=today) is None
+    assert pricing.priced_cost(provider="openai", model="local-llama", usage=usage, on=today) is None
 
 
 live_db = pytest.mark.django_db(transaction=True)

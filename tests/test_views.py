@@ -5,7 +5,6 @@ from __future__ import annotations
 from decimal import Decimal
 
 import pytest
-from asgiref.sync import async_to_sync
 from django.test import Client
 
 from chat import limits
@@ -189,13 +188,13 @@ def test_regenerate_adds_a_reply_whose_prompt_leaves_the_replaced_one_out(client
     assert response.status_code == 200
     new = Message.objects.get(status=Status.QUEUED)
     assert f'sse-connect="/chat/replies/{new.pk}/stream/"' in response.content.decode()
-    turns, _ = async_to_sync(new.aprompt)()
+    turns, _ = new.prompt()
     assert turns == [Turn("user", "Name a soup")]
     # The next question sees the regenerated answer only.
     new.content, new.status = "Borscht", Status.COMPLETED
     new.save()
     later = conversation.ask(text="Another?")
-    turns, _ = async_to_sync(later.aprompt)()
+    turns, _ = later.prompt()
     assert turns == [Turn("user", "Name a soup"), Turn("assistant", "Borscht"), Turn("user", "Another?")]
 
 
@@ -221,7 +220,7 @@ def test_continue_asks_for_the_rest_of_a_truncated_reply(client, conversation) -
     response = client.post(f"/chat/replies/{cut.pk}/continue/", headers=HTMX)
     assert response.status_code == 200 and CONTINUE_PROMPT in response.content.decode()
     new = Message.objects.get(status=Status.QUEUED)
-    turns, _ = async_to_sync(new.aprompt)()
+    turns, _ = new.prompt()
     assert turns[-2:] == [Turn("assistant", "Once upon"), Turn("user", CONTINUE_PROMPT)]
 
 

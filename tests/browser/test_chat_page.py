@@ -83,6 +83,14 @@ def conversation(user: Any, model: str = "openai:gpt-4o-mini", **fields: Any) ->
     return Conversation.objects.create(user=user, model=model, **fields)
 
 
+def open_and_send(tab: Tab, user: Any, text: str) -> Conversation:
+    """A new conversation of `user`, opened in the tab, with `text` sent from its composer."""
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    send(tab, text)
+    return chat
+
+
 def visible_text_lengths(tab: Tab, until: str, timeout: float = 20) -> list[int]:
     """How long the reply's text was at each look, every 50 ms until `until` matches."""
     lengths, deadline = [], time.monotonic() + timeout
@@ -164,9 +172,7 @@ def test_the_blocks_streamed_live_are_the_html_of_the_stored_reply(tab: Tab, use
 
 def test_stop_closes_the_upstream_request_and_keeps_the_partial_reply(tab: Tab, user, sim) -> None:
     sim.enqueue(Scenario(tokens=400, interval=0.02))
-    chat = conversation(user)
-    tab.open(f"/chat/{chat.pk}/")
-    send(tab, "Count slowly")
+    open_and_send(tab, user, "Count slowly")
     wait_until(tab, f"{REPLY_LENGTH} > 60")
     assert tab.page.locator("#composer .send").is_disabled()  # one reply at a time
     tab.page.locator("#messages .stop-button").click()
@@ -185,9 +191,7 @@ def test_stop_closes_the_upstream_request_and_keeps_the_partial_reply(tab: Tab, 
 
 def test_a_reset_event_empties_the_bubble_for_the_stream_that_starts_over(tab: Tab, user, sim) -> None:
     sim.enqueue(Scenario(tokens=300, interval=0.02))
-    chat = conversation(user)
-    tab.open(f"/chat/{chat.pk}/")
-    send(tab, "Count")
+    open_and_send(tab, user, "Count")
     wait_until(tab, f"{REPLY_LENGTH} > 20")
     # What the sse extension fires for a `reset` event (sent when a worker restarted mid-reply).
     emptied = tab.page.evaluate(
@@ -233,9 +237,7 @@ def test_hostile_model_output_is_inert_while_streaming_and_after_a_reload(tab: T
 
 def test_a_mid_stream_error_shows_the_partial_text_and_the_error_and_retry_works(tab: Tab, user, sim) -> None:
     sim.enqueue(Scenario(tokens=60, interval=0.01, error_after=25, error_message="Overloaded"), Scenario())
-    chat = conversation(user)
-    tab.open(f"/chat/{chat.pk}/")
-    send(tab, "Try your best")
+    open_and_send(tab, user, "Try your best")
     failed = reply_locator(tab, "failed")
     failed.wait_for()
     reply = Message.objects.get(role=Role.ASSISTANT)
@@ -254,9 +256,7 @@ def test_a_mid_stream_error_shows_the_partial_text_and_the_error_and_retry_works
 
 def test_a_reply_cut_off_at_the_token_limit_says_so_and_can_be_continued(tab: Tab, user, sim) -> None:
     sim.enqueue(Scenario(truncated=True), Scenario(text="…and that is the rest."))
-    chat = conversation(user)
-    tab.open(f"/chat/{chat.pk}/")
-    send(tab, "Write a long story")
+    open_and_send(tab, user, "Write a long story")
     truncated = reply_locator(tab, "completed")
     truncated.wait_for()
     assert "Cut off at the token limit" in truncated.locator(".notice.truncated").inner_text()
@@ -403,9 +403,7 @@ def test_the_view_follows_the_reply_unless_the_user_scrolled_up(tab: Tab, user, 
 
 def test_a_refused_send_shows_why_in_the_composer_and_keeps_the_text(tab: Tab, user, sim) -> None:
     SpendingLimit.objects.create(user=user, monthly_usd=0)
-    chat = conversation(user)
-    tab.open(f"/chat/{chat.pk}/")
-    send(tab, "One more, please")
+    open_and_send(tab, user, "One more, please")
     error = tab.page.locator("#composer .composer-errors")
     error.wait_for()
     assert "monthly spending limit" in error.inner_text()

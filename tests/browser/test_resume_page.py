@@ -8,7 +8,7 @@ import pytest
 
 from chat.models import Message, Role, Status
 from tests.browser.conftest import Tab, new_tab
-from tests.browser.test_chat_page import conversation, reply_locator, send, wait_until
+from tests.browser.test_chat_page import conversation, open_and_send, reply_locator, send, wait_until
 from tests.fake_upstream import Scenario
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -38,9 +38,7 @@ def stored_reply() -> Message:
 def test_a_reload_mid_reply_picks_the_reply_up_and_it_finishes(tabs: tuple[Tab, Tab], user, sim) -> None:
     tab, _ = tabs
     sim.enqueue(SLOW)
-    chat = conversation(user)
-    tab.open(f"/chat/{chat.pk}/")
-    send(tab, "Count for me")
+    open_and_send(tab, user, "Count for me")
     wait_until(tab, f"{REPLY_TEXT}.length > 40")
     tab.page.reload()
     wait_until(tab, "document.querySelector('#messages .message.assistant.status-completed') !== null", timeout=20)
@@ -55,9 +53,7 @@ def test_a_reload_mid_reply_picks_the_reply_up_and_it_finishes(tabs: tuple[Tab, 
 def test_a_second_tab_follows_the_reply_and_shows_the_same_result(tabs: tuple[Tab, Tab], user, sim) -> None:
     first, second = tabs
     sim.enqueue(SLOW)
-    chat = conversation(user)
-    first.open(f"/chat/{chat.pk}/")
-    send(first, "Count for me")
+    chat = open_and_send(first, user, "Count for me")
     wait_until(first, f"{REPLY_TEXT}.length > 40")
     second.open(f"/chat/{chat.pk}/")
     wait_until(second, f"{REPLY_TEXT}.length > 40")  # it is live in the second tab too
