@@ -106,9 +106,11 @@ async def hub() -> Hub:
 def dispatch(message: dict[str, Any]) -> None:
     kind, reply_id = message["type"], int(message["reply"])
     if kind in ("watch", "unwatch", "stop"):
-        owner = live.owned.get(reply_id)
-        if owner is not None:
+        if (owner := live.owned.get(reply_id)) is not None:
             owner.on_remote(message)  # type: ignore[attr-defined]
+        elif (claim := live.claiming.get(reply_id)) is not None:
+            # The row already says `streaming` but our claim has not returned yet: answer once it has.
+            claim.add_done_callback(lambda _: dispatch(message))
         return
     mirror = live.mirrors.get(reply_id)
     if isinstance(mirror, Mirror):
