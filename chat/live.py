@@ -71,10 +71,15 @@ class LiveReply:
 # Replies this process is writing (Generations) and replies it follows for another process (mirrors).
 owned: dict[int, LiveReply] = {}
 mirrors: dict[int, LiveReply] = {}
-# Claims this process has in flight: the Generation it starts, or None if another process won the row.
-# A second request here for the same reply waits for the answer instead of racing the first to the row;
+# Claims this process has in flight, each done once decided (won: the reply is then in `owned`).
+# A second request here for the same reply waits for it instead of racing the first to the row;
 # losing that race, it would follow its own process's reply as a Mirror, under other event ids.
-claiming: dict[int, asyncio.Future[LiveReply | None]] = {}
+claiming: dict[int, asyncio.Future[None]] = {}
+
+
+def here(reply_id: int) -> LiveReply | None:
+    """The reply as this process shows it: written here, or followed for another process."""
+    return owned.get(reply_id) or mirrors.get(reply_id)
 
 
 class Shutdown:

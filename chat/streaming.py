@@ -262,22 +262,22 @@ async def start_or_join(reply: Message) -> LiveReply | None:
 
 
 async def _start_or_join(reply: Message) -> LiveReply | None:
-    if (claim := live.claiming.get(reply.pk)) is not None:
-        # Another request here is claiming it (the row may already say `streaming`): wait for its answer.
-        # Shielded: this request may leave, the claim may not.
-        await asyncio.shield(claim)
-    if (local := live.owned.get(reply.pk) or live.mirrors.get(reply.pk)) is not None:
-        return local
     hub = await fanout.hub()
-    if reply.status == Status.QUEUED:
+    # No await from this lookup to _claim's registering, so of two requests here only one claims.
+    if (claim := live.claiming.get(reply.pk)) is not None:
+        # Another request here is claiming it, and the row may already say `streaming`: wait for that
+        # claim rather than race it. Shielded: this request may leave, the claim may not.
+        await asyncio.shield(claim)
+    elif reply.status == Status.QUEUED and live.here(reply.pk) is None:
         if Shutdown.requested:
             return None
-        claim = live.claiming.get(reply.pk)  # looked up again: no await between this and _claim's registering
-        if (generation := await (asyncio.shield(claim) if claim else _claim(reply, hub))) is not None:
-            return generation
-        reply = await Message.objects.aget(pk=reply.pk)
-    if (local := live.owned.get(reply.pk) or live.mirrors.get(reply.pk)) is not None:
+        await _claim(reply, hub)
+    if (local := live.here(reply.pk)) is not None:
         return local
+    if reply.status == Status.QUEUED:  # another process won the claim
+        reply = await Message.objects.aget(pk=reply.pk)
+        if (local := live.here(reply.pk)) is not None:
+            return local
     if reply.status != Status.STREAMING:
         return None
     mirror = fanout.Mirror(reply, hub)
@@ -285,27 +285,24 @@ async def _start_or_join(reply: Message) -> LiveReply | None:
     return mirror
 
 
-async def _claim(reply: Message, hub: fanout.Hub) -> Generation | None:
-    """Claim the row and start its generation, or None if another process has it."""
-    claim: asyncio.Future[LiveReply | None] = asyncio.get_running_loop().create_future()
+async def _claim(reply: Message, hub: fanout.Hub) -> None:
+    """Claim the row and, if this process won it, start its generation (then in live.owned)."""
+    claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
     live.claiming[reply.pk] = claim
-    generation = None
     try:
         # In the reply's group before the row says `streaming`: a follower in another process that reads
         # the row from then on asks the group, and its `watch` waits here until the claim is decided.
         await hub.join(reply.pk)
         if (prompt := await reply.aclaim()) is None:
             await hub.leave(reply.pk)
-            return None
-        generation = Generation(reply, hub, prompt)
-        live.owned[reply.pk] = generation
+            return
+        generation = live.owned[reply.pk] = Generation(reply, hub, prompt)
         # Its own context, not a copy of this request's: its few database calls then share one
         # thread and one connection for the process instead of holding this request's for minutes.
         generation.task = asyncio.create_task(generation.run(), name=f"reply-{reply.pk}", context=contextvars.Context())
-        return generation
     finally:
         del live.claiming[reply.pk]
-        claim.set_result(generation)
+        claim.set_result(None)
 
 
 async def request_stop(reply: Message) -> None:
