@@ -94,6 +94,7 @@ def run_cell(
         window_start=ramp + 0.5,
         window_end=ramp + 0.5 + window,
         timeout=max(60.0, 6 * duration),
+        bare=server == "bare",
     )
     wanted = (server, round(interval * 1000), concurrency) in setting.profile and not variant
     profile_path = OUT / f"profile-{name}.txt" if wanted else None
@@ -121,7 +122,7 @@ def run_cell(
     cell.load_cpu = (sampler.cpu["sim"] + sampler.cpu["load"]) / window
     cell.other_cpu = max(0.0, sampler.cpu["machine"] - cpu - sampler.cpu["sim"] - sampler.cpu["load"]) / window
     cell.cpu_us_per_event = cpu / events * 1e6 if events else None
-    if writes_before is not None and writes_after is not None:
+    if writes_before is not None and writes_after is not None and not plan.bare:
         # Every conversation sent (the warm-up's too); the server's start-up writes (price snapshots) are in
         # other tables, and the C conversations the bench made for the cell are not the app's.
         replies = 1 + sum(1 for e in got.exchanges if e.kind == "app" and e.send is not None)

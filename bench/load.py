@@ -38,6 +38,7 @@ class Plan:
     window_start: float  # seconds after the start: measure from here ...
     window_end: float  # ... to here; no exchange starts after it
     timeout: float  # per exchange, so every run ends
+    bare: bool = False  # app_url is the bare reference relay (bench/bare.py): one GET per reply, no accounts
 
 
 @dataclass(slots=True)
@@ -109,7 +110,10 @@ class Run:
         """One conversation before measuring, so imports, templates and connections are ready; its error or ""."""
         self.t0 = asyncio.get_running_loop().time()
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            await self._app(http, self.plan.accounts[0])
+            if self.plan.bare:
+                await self._bare(http)
+            else:
+                await self._app(http, self.plan.accounts[0])
         return self.out.exchanges[-1].error
 
     async def _loop(self, http: aiohttp.ClientSession, delay: float, account: Account | None) -> None:
@@ -119,6 +123,8 @@ class Run:
         while loop.time() < stop_at:
             if account is None:
                 await self._direct(http)
+            elif self.plan.bare:
+                await self._bare(http)
             else:
                 await self._app(http, account)
 
@@ -153,6 +159,25 @@ class Run:
                         ex.error = f"stream HTTP {r.status}"
                         return
                     await self._read(r, ex, opened, APP_DONE, APP_ERROR)
+        except TimeoutError:
+            ex.error = "timeout"
+        except aiohttp.ClientError as exc:
+            ex.error = type(exc).__name__
+        finally:
+            ex.finished = loop.time()
+            self.out.exchanges.append(ex)
+
+    async def _bare(self, http: aiohttp.ClientSession) -> None:
+        """The reference relay passes the simulator's stream through unchanged: read it as a direct one."""
+        ex = self._exchange("app")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.plan.timeout):
+                async with http.get(f"{self.plan.app_url}/relay/", headers={"accept": "text/event-stream"}) as r:
+                    if r.status != 200:
+                        ex.error = f"relay HTTP {r.status}"
+                        return
+                    await self._read(r, ex, ex.started, DIRECT_DONE, DIRECT_ERROR)
         except TimeoutError:
             ex.error = "timeout"
         except aiohttp.ClientError as exc:

@@ -120,6 +120,8 @@ SERVER_COMMANDS = {
         "off",
         "project.asgi:application",
     ],
+    # The reference: a bare Django relay (bench/bare.py), served as the app is.
+    "bare": ["-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", "bench.bare:application"],
 }
 
 
@@ -127,7 +129,8 @@ def start_server(*, server: str, env: dict[str, str], log: Path, app_dir: Path =
     """The app from app_dir (another checkout of it, for before/after comparisons) on the relay's core."""
     port = free_port()
     argv = [sys.executable] + [part.replace("{port}", str(port)) for part in SERVER_COMMANDS[server]]
-    proc = Process(name=server, argv=argv, env=env, log=log, core=SERVER_CORE, cwd=app_dir)
+    cwd = ROOT if server == "bare" else app_dir  # the reference is this checkout's, whichever app is measured
+    proc = Process(name=server, argv=argv, env=env, log=log, core=SERVER_CORE, cwd=cwd)
     proc.wait_listening(port)
     return proc, f"http://127.0.0.1:{port}"
 
