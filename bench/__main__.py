@@ -28,12 +28,17 @@ VARIANTS = [
     "GIL switch 1 ms:CHAT_SWITCH_INTERVAL=0.001",
 ]
 VARIANT_C = 100
+# The bare Django relay (bench/bare.py) at these C, 20 ms, in every run that measures daphne there: what a
+# relay that does nothing costs on the same machine at the same moment, the floor streamchat's numbers stand on.
+REFERENCE_C = [100, 250, 500]
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="C in 1,10,100 at 20 ms only, no capacity search (~2 min)")
-    parser.add_argument("--servers", default="daphne,uvicorn", help="comma-separated: daphne, uvicorn")
+    parser.add_argument(
+        "--servers", default="daphne,uvicorn", help="comma-separated: daphne, uvicorn, bare (the reference relay)"
+    )
     parser.add_argument("--concurrency", help="comma-separated C values (default: 1,10,100,250,500,1000)")
     parser.add_argument("--intervals", help="comma-separated ms between tokens (default: 20,0; quick: 20)")
     parser.add_argument("--tokens", type=int, default=200)
@@ -49,6 +54,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--variant", action="append", metavar="LABEL:KEY=VALUE,...", help="extra cell with these settings"
     )
     parser.add_argument("--no-variants", action="store_true", help="skip the variant cells")
+    parser.add_argument("--no-reference", action="store_true", help="skip the bare relay's reference cells")
     parser.add_argument("--app-dir", help="measure the app of another checkout (e.g. a copy before a change)")
     parser.add_argument("--budget", type=float, default=840, help="seconds; cells that would start later are skipped")
     return parser.parse_args(argv)
@@ -141,6 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     intervals = [ms / 1000 for ms in csv(args.intervals, [20] if args.quick else [20, 0], float)]
     capacity = not (args.no_capacity or args.quick)
     variants = [] if args.no_variants or args.quick else parse_variants(args.variant or VARIANTS)
+    reference = (
+        []
+        if args.no_reference or "bare" in servers or "daphne" not in servers
+        else [c for c in REFERENCE_C if c in concurrency]
+    )
     db_url = database.database_url(args.db)
     env = server_env(db_url, args.env)
     cell.OUT.mkdir(parents=True, exist_ok=True)
@@ -165,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     # The matrix first, every interval, then the variants and the capacity search: if the time budget runs
     # out, what is skipped is a probe, not a row of the matrix.
     phases = [(interval, "matrix") for interval in intervals]
-    if CAPACITY_INTERVAL in intervals and (variants or capacity):
+    if CAPACITY_INTERVAL in intervals and (variants or capacity or reference):
         phases.append((CAPACITY_INTERVAL, "extra"))
     for interval, phase in phases:
         sim, sim_url = procs.start_simulator(
@@ -203,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
                             continue
                         cells.append(run(server, interval, c))
                 continue
+            for c in reference:
+                if time.monotonic() > deadline:
+                    skipped.append(f"bare relay C={c}")
+                    continue
+                cells.append(run("bare", interval, c))
             for label, extra in variants:
                 if time.monotonic() > deadline:
                     skipped.append(f"variant {label}")

@@ -122,6 +122,9 @@ HEADER = (
 )
 
 
+SERVER_LABELS = {"bare": "bare relay (reference)"}
+
+
 def row(cell: Cell) -> str:
     t = cell.ttft
     errors = f"{cell.errors}/{cell.attempts}"
@@ -131,7 +134,8 @@ def row(cell: Cell) -> str:
         errors += f" ({cell.log_errors} in log)"
     writes = "–" if cell.writes_per_reply is None else f"{cell.writes_per_reply:.1f} ({cell.all_writes_per_reply:.1f})"
     return (
-        f"| {cell.server}{f' ({cell.variant})' if cell.variant else ''} | {cell.interval * 1000:g} ms "
+        f"| {SERVER_LABELS.get(cell.server, cell.server)}{f' ({cell.variant})' if cell.variant else ''} "
+        f"| {cell.interval * 1000:g} ms "
         f"| {cell.concurrency} "
         f"| {pair(t.get('app_p50'), t.get('app_p99'), 1)} | {pair(t.get('direct_p50'), t.get('direct_p99'), 1)} "
         f"| **{pair(t.get('added_p50'), t.get('added_p99'), 1)}** | {pair(t.get('send_p50'), t.get('send_p99'), 1)} "
