@@ -10,7 +10,7 @@ from importlib import metadata
 
 from bench import procs
 from bench.cell import Setting, direct_readers
-from bench.report import EXTRA_EVENTS_PER_REPLY, Cell, category_table, fmt, profile_table, table
+from bench.report import EXTRA_EVENTS_PER_REPLY, SERVER_LABELS, Cell, category_table, fmt, profile_table, table
 
 PACKAGES = [
     "Django",
@@ -129,9 +129,17 @@ def targets(
             f"per reply when it streams in ~0.1 s, {slow.writes_per_reply:.1f} when it streams for "
             f"{seconds:.1f} s: the difference is the once-a-second checkpoint)"
         )
-    for server, (lo, hi, _) in capacities.items():
+    for server, (lo, hi, probes) in capacities.items():
+        name = SERVER_LABELS.get(server, server)
+        if hi is not None and not probes:
+            # The time budget ran out before any probe: the matrix only brackets it.
+            lines.append(
+                f"- {name} capacity at 20 ms (zero errors, p99 added TTFT ≤ 100 ms): between **{lo}** and {hi} "
+                "(no probe fitted the time budget)"
+            )
+            continue
         lines.append(
-            f"- {server} capacity at 20 ms (zero errors, p99 added TTFT ≤ 100 ms): **{lo}**"
+            f"- {name} capacity at 20 ms (zero errors, p99 added TTFT ≤ 100 ms): **{lo}**"
             + (f" (fails at {hi})" if hi else " (passed every C measured)")
         )
     return lines
@@ -234,7 +242,9 @@ def document(
                 for p in probes
             )
             fails = f", fails at {hi}" if hi else ""
-            parts.append(f"- **{server}: {lo}**{fails}" + (f"; probes {tried}" if tried else ""))
+            parts.append(
+                f"- **{SERVER_LABELS.get(server, server)}: {lo}**{fails}" + (f"; probes {tried}" if tried else "")
+            )
         probe_cells = [p for _, _, probes in capacities.values() for p in probes]
         if probe_cells:
             parts += ["", table(probe_cells)]
