@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from collections.abc import AsyncIterator
 
@@ -47,6 +48,9 @@ PAYLOAD = json.dumps(
         "max_tokens": 4096,
     }
 )
+# It never closes its client (no shutdown hook, unlike the app): asyncio's "Unclosed client session" at exit
+# would count as errors in its log.
+logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
 _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
 

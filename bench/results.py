@@ -163,8 +163,8 @@ def reference_section(cells: list[Cell]) -> list[str]:
         "## Against a bare Django relay (the reference, same run)\n",
         "`bench/bare.py` is one async Django view that streams the simulator's reply to the browser through the "
         "same httpx client and transport, under daphne on the same core: no session, database, parsing, "
-        "rendering or middleware. It is as close to the physical limit as a Django relay on daphne gets on this "
-        "machine, so where it misses a target, streamchat cannot meet it here by changing its own code; the "
+        "rendering or middleware. It is the floor for a Django view on daphne with this client on this machine: "
+        "where it misses a target, streamchat, which does strictly more per reply, cannot meet it here; the "
         "ratios say what streamchat's own work costs on top.\n",
         "| C (20 ms) | added TTFT p50 / p99, streamchat | bare relay | CPU µs/event, streamchat | bare relay "
         "| ratio | KiB/stream, streamchat | bare relay | ratio | threads, streamchat / bare |",
