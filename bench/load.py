@@ -16,6 +16,16 @@ STREAM_URL = re.compile(rb"/chat/replies/(\d+)/stream/")
 TOKEN = b"tok"  # every simulated token is "tokN"; nothing else on either stream contains it
 APP_DONE, APP_ERROR = b"event: done", b"event: error"
 DIRECT_DONE, DIRECT_ERROR = b"data: [DONE]", b'{"error"'
+# What a direct reader (and the bare relay, bench/bare.py) asks the simulator for: the app's request, in short.
+SIMULATED_REQUEST = json.dumps(
+    {
+        "model": "bench",
+        "messages": [{"role": "user", "content": "Benchmark me"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 4096,
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,15 +77,6 @@ class Run:
         self.out = Collected()
         self.t0 = 0.0
         self.last_token = f"tok{plan.tokens - 1}".encode()
-        self.payload = json.dumps(
-            {
-                "model": "bench",
-                "messages": [{"role": "user", "content": "Benchmark me"}],
-                "stream": True,
-                "stream_options": {"include_usage": True},
-                "max_tokens": 4096,
-            }
-        )
 
     async def run(self, sampler: Callable[[float], object] | None = None) -> Collected:
         plan = self.plan
@@ -110,10 +111,7 @@ class Run:
         """One conversation before measuring, so imports, templates and connections are ready; its error or ""."""
         self.t0 = asyncio.get_running_loop().time()
         async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
-            if self.plan.bare:
-                await self._bare(http)
-            else:
-                await self._app(http, self.plan.accounts[0])
+            await self._conversation(http, self.plan.accounts[0])
         return self.out.exchanges[-1].error
 
     async def _loop(self, http: aiohttp.ClientSession, delay: float, account: Account | None) -> None:
@@ -123,10 +121,15 @@ class Run:
         while loop.time() < stop_at:
             if account is None:
                 await self._direct(http)
-            elif self.plan.bare:
-                await self._bare(http)
             else:
-                await self._app(http, account)
+                await self._conversation(http, account)
+
+    async def _conversation(self, http: aiohttp.ClientSession, account: Account) -> None:
+        """One measured exchange: a reply through the app, or through the bare relay in its place."""
+        if self.plan.bare:
+            await self._direct(http, via_relay=True)
+        else:
+            await self._app(http, account)
 
     def _exchange(self, kind: str) -> Exchange:
         now = asyncio.get_running_loop().time()
@@ -167,35 +170,22 @@ class Run:
             ex.finished = loop.time()
             self.out.exchanges.append(ex)
 
-    async def _bare(self, http: aiohttp.ClientSession) -> None:
-        """The reference relay passes the simulator's stream through unchanged: read it as a direct one."""
-        ex = self._exchange("app")
+    async def _direct(self, http: aiohttp.ClientSession, *, via_relay: bool = False) -> None:
+        """The simulator's stream as it is: straight from it, or through the bare relay, which passes it on
+        unchanged and stands where the app would (an "app" exchange)."""
+        ex = self._exchange("app" if via_relay else "direct")
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.plan.timeout):
-                async with http.get(f"{self.plan.app_url}/relay/", headers={"accept": "text/event-stream"}) as r:
+                if via_relay:
+                    request = http.get(f"{self.plan.app_url}/relay/", headers={"accept": "text/event-stream"})
+                else:
+                    headers = {"content-type": "application/json", "accept": "text/event-stream"}
+                    url = f"{self.plan.sim_url}/v1/chat/completions"
+                    request = http.post(url, data=SIMULATED_REQUEST, headers=headers)
+                async with request as r:
                     if r.status != 200:
-                        ex.error = f"relay HTTP {r.status}"
-                        return
-                    await self._read(r, ex, ex.started, DIRECT_DONE, DIRECT_ERROR)
-        except TimeoutError:
-            ex.error = "timeout"
-        except aiohttp.ClientError as exc:
-            ex.error = type(exc).__name__
-        finally:
-            ex.finished = loop.time()
-            self.out.exchanges.append(ex)
-
-    async def _direct(self, http: aiohttp.ClientSession) -> None:
-        ex = self._exchange("direct")
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout(self.plan.timeout):
-                headers = {"content-type": "application/json", "accept": "text/event-stream"}
-                url = f"{self.plan.sim_url}/v1/chat/completions"
-                async with http.post(url, data=self.payload, headers=headers) as r:
-                    if r.status != 200:
-                        ex.error = f"direct HTTP {r.status}"
+                        ex.error = f"{'relay' if via_relay else 'direct'} HTTP {r.status}"
                         return
                     await self._read(r, ex, ex.started, DIRECT_DONE, DIRECT_ERROR)
         except TimeoutError:
