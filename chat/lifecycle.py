@@ -8,7 +8,7 @@ import sys
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from chat import pricing, streaming
@@ -34,6 +34,10 @@ def on_worker_start() -> None:
         # A first deploy can start the web process before `release: migrate` has run.
         logger.warning("start-up sweep skipped: the database is not ready")
         return
+    finally:
+        # This thread serves no request, so nothing else would ever close its connection: with a
+        # pool, it would hold one of the pool's connections for the life of the worker.
+        connection.close()
     if swept:
         logger.info("marked %d replies left streaming by a stopped worker as interrupted", swept)
 

@@ -41,6 +41,7 @@ class Refusal:
 
     message: str
     retry_after: int
+    status: int = 429  # a user's own limit; 503 is the server's (chat.admission)
 
 
 def month_start(now: datetime | None = None) -> datetime:

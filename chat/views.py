@@ -15,7 +15,7 @@ from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, re
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import catalog, limits, relay, sse, streaming
+from chat import admission, catalog, limits, relay, sse, streaming
 from chat.forms import MessageForm, NewConversationForm, RenameForm, SettingsForm
 from chat.models import Conversation, Message, NotTheLatestReply
 
@@ -91,11 +91,11 @@ def refused(
 ) -> HttpResponse:
     """Refused before anything is stored or sent upstream; a form comes back with its text."""
     if form is None and request.htmx:
-        response = page_notice(request, conversation, refusal.message, status=429)
+        response = page_notice(request, conversation, refusal.message, status=refusal.status)
     else:
         form = form or composer_form(conversation)
         form.add_error(None, refusal.message)
-        response = with_composer(request, conversation, form, status=429)
+        response = with_composer(request, conversation, form, status=refusal.status)
     response["Retry-After"] = str(refusal.retry_after)
     return response
 
@@ -123,9 +123,9 @@ def new_conversation(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return render(request, "chat/index.html", page_context(request, form=form), status=400)
     text, model = form.cleaned_data["text"], form.cleaned_data["model"] or catalog.default_model()
-    if text and (refusal := limits.refusal(request.user)):
+    if text and (refusal := admission.refusal() or limits.refusal(request.user)):
         form.add_error(None, refusal.message)
-        response = render(request, "chat/index.html", page_context(request, form=form), status=429)
+        response = render(request, "chat/index.html", page_context(request, form=form), status=refusal.status)
         response["Retry-After"] = str(refusal.retry_after)
         return response
     conversation = Conversation.objects.start(user=request.user, model=model)
@@ -157,6 +157,8 @@ def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     form = MessageForm(request.POST)
     if not form.is_valid():
         return with_composer(request, conversation, form, status=400)
+    if busy := admission.refusal():
+        return refused(request, busy, conversation, form)
     standing = limits.check(request.user)
     if standing.refusal:
         return refused(request, standing.refusal, conversation, form)
@@ -177,7 +179,7 @@ def another_reply(
     """Start a new reply from one of the user's replies (Retry, Regenerate, Continue), within the limits."""
     reply = users_reply(request, message_id)
     conversation = reply.conversation
-    if refusal := limits.refusal(request.user):
+    if refusal := admission.refusal() or limits.refusal(request.user):
         return refused(request, refusal, conversation)
     try:
         new_reply = start(conversation, reply)

@@ -68,6 +68,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "chat.admission.DatabaseBusyMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -107,8 +108,15 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # every request in flight opens its own connection, and under load PostgreSQL's 100 ran out (HTTP 500s);
 # with it connections are bounded and reused, and a request beyond the pool waits for one instead.
 DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 20)
+# Seconds a request waits for a pooled connection before it is answered 503 with Retry-After
+# (chat.admission): psycopg-pool's own 30 s outlasts a PaaS router's wait for a response.
+DATABASE_POOL_TIMEOUT = env_float("DATABASE_POOL_TIMEOUT", 10)
 if DATABASE_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {"min_size": 2, "max_size": DATABASE_POOL_SIZE}
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": min(2, DATABASE_POOL_SIZE),
+        "max_size": DATABASE_POOL_SIZE,
+        "timeout": DATABASE_POOL_TIMEOUT,
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
@@ -224,4 +232,9 @@ CHAT_MONTHLY_BUDGET_USD = os.environ.get("CHAT_MONTHLY_BUDGET_USD", "").strip() 
 # Per user: replies being written at once, and replies started per minute (a send, Retry, Regenerate
 # or Continue each starts one); 0 switches a limit off.
 CHAT_MAX_CONCURRENT_REPLIES = env_int("CHAT_MAX_CONCURRENT_REPLIES", 3)
+# Per worker (chat/admission.py): past either, a new reply is refused at once with 503 and Retry-After.
+# The event loop's lag in seconds above which the worker is full (0: off), and a cap on the replies
+# it writes at once (0: none; set it to the capacity `python -m bench` measures on your machine).
+CHAT_MAX_LAG = env_float("CHAT_MAX_LAG", 5)
+CHAT_MAX_STREAMS = env_int("CHAT_MAX_STREAMS", 0)
 CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20)

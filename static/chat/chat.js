@@ -120,6 +120,9 @@ function promptLogin() {
 
 document.addEventListener("htmx:beforeSwap", (event) => {
   const xhr = event.detail.xhr;
+  // A 503 of ours (the server is full) says so next to the composer, like a 429; it retargets
+  // itself there. A 503 from anything in between (a router) has no such header and swaps nothing.
+  if (xhr && xhr.status === 503 && xhr.getResponseHeader("HX-Retarget")) event.detail.shouldSwap = true;
   // login_required redirected an htmx request to the login page: keep the target as it is and
   // let the page's out-of-band login prompt (registration/session_expired.html) show instead.
   if (xhr && xhr.responseURL && new URL(xhr.responseURL).pathname === document.body.dataset.loginUrl) {
@@ -155,8 +158,12 @@ document.addEventListener("htmx:sendError", () => {
   say("Could not reach the server. Your message is still in the box; try again.");
 });
 document.addEventListener("htmx:responseError", (event) => {
-  const status = event.detail.xhr.status;
-  if (status >= 500) say(`The server had a problem (${status}). Your message is still in the box; try again.`);
+  const xhr = event.detail.xhr;
+  if (xhr.status < 500 || xhr.getResponseHeader("HX-Retarget")) return; // our own answer says why
+  const wait = xhr.status === 503 && xhr.getResponseHeader("Retry-After");
+  say(wait
+    ? `The server is busy. Your message is still in the box; try again in ${wait} s.`
+    : `The server had a problem (${xhr.status}). Your message is still in the box; try again.`);
 });
 
 // --- after every swap: follow new content, keep Send in step, and keep focus somewhere useful ---

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from typing import Any
 
@@ -10,7 +11,8 @@ import pytest
 from django.contrib.sessions.models import Session
 
 from chat.models import Conversation, Message, Role, SpendingLimit, Status
-from tests.browser.conftest import Tab
+from tests.browser.conftest import Tab, new_tab
+from tests.conftest import ChatClient, wait_for_status
 from tests.fake_upstream import Scenario
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -409,6 +411,32 @@ def test_a_refused_send_shows_why_in_the_composer_and_keeps_the_text(tab: Tab, u
     assert "monthly spending limit" in error.inner_text()
     assert tab.page.locator("#composer textarea").input_value() == "One more, please"
     assert tab.page.locator("#messages .message").count() == 0 and sim.log == []
+
+
+def test_a_send_to_a_full_server_says_so_in_the_composer_and_keeps_the_text(
+    chromium, server_factory, user, sim
+) -> None:
+    server = server_factory(CHAT_MAX_STREAMS="1")
+    sim.enqueue(Scenario(tokens=200, interval=0.05))
+    other_tab = ChatClient(server, user)
+    running = other_tab.ask(other_tab.conversation(), "Keep this worker busy")
+    reader = threading.Thread(target=other_tab.stream, args=(running,))
+    reader.start()
+    try:
+        wait_for_status(running, {Status.STREAMING})
+        for tab in new_tab(chromium, server, user):
+            open_and_send(tab, user, "Is there room for me?")
+            error = tab.page.locator("#composer .composer-errors")
+            error.wait_for()
+            assert "busy with other replies" in error.inner_text() and "Try again in 5 s" in error.inner_text()
+            assert tab.page.locator("#composer textarea").input_value() == "Is there room for me?"
+            assert "had a problem" not in tab.page.locator("#composer-status").inner_text()
+            assert tab.page.locator("#messages .message").count() == 0
+            tab.screenshot("busy-server")
+    finally:
+        other_tab.stop(running)
+        reader.join(timeout=20)
+        other_tab.close()
 
 
 def test_a_4000_token_reply_streams_without_piling_up_the_page(tab: Tab, user, sim, capsys) -> None:

@@ -1,0 +1,156 @@
+"""Past capacity a worker refuses new replies at once, with 503 and Retry-After, and keeps the user's text."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from django.db import connection
+from django.test import Client
+
+from chat import admission
+from chat.admission import Pressure
+from chat.models import Conversation, Message, Status
+from tests.conftest import ChatClient, wait_for_status
+from tests.fake_upstream import Scenario
+
+
+@pytest.fixture
+def pressure() -> Iterator[type[Pressure]]:
+    Pressure.lag = 0.0
+    yield Pressure
+    Pressure.lag = 0.0
+
+
+async def test_the_lag_probe_sees_a_blocked_loop_and_lets_go_once_it_runs_freely(settings, pressure) -> None:
+    settings.CHAT_MAX_LAG = 0.2
+    probe = asyncio.create_task(admission.measure_lag())
+    try:
+        await asyncio.sleep(0.35)
+        assert admission.refusal() is None, f"an idle loop lags {pressure.lag:.3f} s"
+        time.sleep(0.5)  # the loop runs nothing else meanwhile, as when every stream's tokens queue on it
+        await asyncio.sleep(0.01)  # the probe's overdue timer fires first, half a second late
+        assert pressure.lag >= 0.4
+        refusal = admission.refusal()
+        assert refusal is not None and refusal.status == 503 and refusal.retry_after == 1
+        assert "Try again in 1 s" in refusal.message
+        deadline = time.monotonic() + 5
+        while admission.refusal() is not None:  # a free loop is open again within about a second
+            assert time.monotonic() < deadline, f"still refusing at {pressure.lag:.3f} s of lag"
+            await asyncio.sleep(0.1)
+    finally:
+        probe.cancel()
+
+
+@pytest.mark.django_db
+def test_a_send_to_a_lagging_worker_is_refused_before_anything_is_stored(settings, pressure, django_user_model) -> None:
+    settings.CHAT_MAX_LAG = 1.0
+    user = django_user_model.objects.create_user(username="busy", password="a-long-test-password")
+    conversation = Conversation.objects.create(user=user, model="openai:gpt-4o-mini")
+    client = Client()
+    client.force_login(user)
+    pressure.lag = 3.4
+    url = f"/chat/{conversation.pk}/messages/"
+    response = client.post(url, {"text": "Anyone there?"}, headers={"HX-Request": "true"})
+    assert response.status_code == 503
+    assert response["Retry-After"] == "4"
+    assert response["HX-Retarget"] == "#composer"  # said next to the composer, which keeps the text
+    page = response.content.decode()
+    assert "busy with other replies" in page and "Anyone there?" in page
+    assert not Message.objects.exists()
+
+    response = client.post("/chat/new/", {"text": "A new chat then?"})
+    assert response.status_code == 503 and response["Retry-After"] == "4"
+    assert "A new chat then?" in response.content.decode()
+    assert Conversation.objects.count() == 1, "a refused first message starts no conversation"
+
+    pressure.lag = 0.5  # under the threshold: the same send goes through
+    response = client.post(url, {"text": "Anyone there?"}, headers={"HX-Request": "true"})
+    assert response.status_code == 200
+    assert Message.objects.filter(status=Status.QUEUED).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_at_its_stream_cap_refuses_new_replies_but_finishes_the_ones_it_has(
+    server_factory, user: Any, sim
+) -> None:
+    chat = ChatClient(server_factory(CHAT_MAX_STREAMS="1"), user)
+    try:
+        sim.enqueue(Scenario(tokens=30, interval=0.05))
+        conversation = chat.conversation()
+        first = chat.ask(conversation, "Write slowly")
+        running = threading.Thread(target=chat.stream, args=(first,))
+        running.start()
+        wait_for_status(first, {Status.STREAMING})
+
+        refused = chat.send(chat.conversation(), "And this one?")
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["Retry-After"] == "5"
+        assert "busy with other replies" in refused.text and "And this one?" in refused.text
+        retry = chat.http.post(
+            f"/chat/replies/{first.pk}/regenerate/", headers={"X-CSRFToken": chat.csrf, "HX-Request": "true"}
+        )
+        assert retry.status_code == 503 and retry.headers["HX-Retarget"] == "#composer-status"
+
+        running.join(timeout=20)
+        assert wait_for_status(first, {Status.COMPLETED}).content.startswith("tok0 tok1")
+        assert Message.objects.count() == 2, "the refused requests stored nothing"
+        sim.enqueue(Scenario(tokens=3))
+        chat.stream(chat.ask(conversation, "Now?"))  # room again
+    finally:
+        chat.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_request_that_gets_no_database_connection_in_time_is_told_to_come_back(
+    server_factory, user: Any, sim
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the connection pool is PostgreSQL's (psycopg-pool); SQLite has none")
+    server = server_factory(DATABASE_POOL_SIZE="1", DATABASE_POOL_TIMEOUT="0.5")
+    chat = ChatClient(server, user)
+    conversation = chat.conversation()
+    outcome: dict[str, httpx.Response] = {}
+    try:
+        sender = threading.Thread(target=lambda: outcome.update(send=chat.send(conversation, "Held up")))
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN")
+            try:
+                # The send's UPDATE of this row now waits, holding the pool's one connection.
+                cursor.execute("SELECT id FROM chat_conversation WHERE id = %s FOR UPDATE", [conversation.pk])
+                sender.start()
+                wait_for_lock_wait(cursor)
+                started = time.monotonic()
+                busy = chat.http.get("/chat/")
+                waited = time.monotonic() - started
+            finally:
+                cursor.execute("ROLLBACK")
+        sender.join(timeout=20)
+        assert busy.status_code == 503, busy.text
+        assert busy.headers["Retry-After"] == "5" and "busy" in busy.text
+        assert 0.4 < waited < 5, f"answered after {waited:.2f} s"
+        assert outcome["send"].status_code == 200, "the request that held the connection carries on"
+        assert "no database connection within 0.5 s for /chat/" in server.log()
+        assert "Traceback" not in server.log()
+        sim.enqueue(Scenario(tokens=2))
+        assert chat.stream(Message.objects.get(status=Status.QUEUED)).names()[-1] == "done"
+    finally:
+        chat.close()
+
+
+def wait_for_lock_wait(cursor: Any, timeout: float = 10) -> None:
+    """Until another session is waiting for a row lock this one holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()"
+        )
+        if cursor.fetchone()[0]:
+            return
+        time.sleep(0.02)
+    raise AssertionError("the send never reached the locked row")
