@@ -38,8 +38,9 @@ ENV = {
 }
 
 
-def measure(requests: int) -> dict[str, float]:
-    """In the checkout this process runs from: CPU µs per send request and per limits check."""
+def measure(requests: int, history: int = 0) -> dict[str, float]:
+    """In the checkout this process runs from: CPU µs per send request and per limits check, for a user
+    with `history` other conversations."""
     import django
 
     django.setup()
@@ -50,16 +51,22 @@ def measure(requests: int) -> dict[str, float]:
     from chat.models import Conversation
 
     user = get_user_model().objects.create_user(username=f"send-{uuid.uuid4().hex[:12]}")
+    Conversation.objects.bulk_create(
+        [Conversation(user=user, model="openai:bench", title=f"earlier {i}") for i in range(history)]
+    )
     conversation = Conversation.objects.create(user=user, model="openai:bench")
     client = Client()
     client.force_login(user)
     url = f"/chat/{conversation.pk}/messages/"
+
+    sizes: list[int] = []
 
     def send() -> None:
         form = {"text": "Benchmark me", "model": "openai:bench", "request_key": uuid.uuid4().hex}
         response = client.post(url, form, headers={"HX-Request": "true"})
         if response.status_code != 200:
             raise SystemExit(f"send answered HTTP {response.status_code}")
+        sizes.append(len(response.content))
 
     def cpu_per_call(call: object, count: int) -> float:
         for _ in range(5):  # imports, templates, the connection
@@ -69,14 +76,18 @@ def measure(requests: int) -> dict[str, float]:
             call()  # type: ignore[operator]
         return (time.process_time() - started) / count * 1e6
 
-    return {"send_us": cpu_per_call(send, requests), "check_us": cpu_per_call(lambda: limits.check(user), requests)}
+    return {
+        "send_us": cpu_per_call(send, requests),
+        "check_us": cpu_per_call(lambda: limits.check(user), requests),
+        "send_bytes": statistics.median(sizes),
+    }
 
 
-def run_checkout(app_dir: Path, requests: int, core: str) -> dict[str, float]:
+def run_checkout(app_dir: Path, requests: int, core: str, history: int = 0) -> dict[str, float]:
     # This file, run as a script, measures the app (chat, project) of app_dir.
     env = {**os.environ, **ENV, "PYTHONPATH": str(app_dir)}
     out = subprocess.run(
-        ["taskset", "-c", core, sys.executable, str(HERE), "--measure", str(requests)],
+        ["taskset", "-c", core, sys.executable, str(HERE), "--measure", str(requests), "--history", str(history)],
         cwd=app_dir,
         env=env,
         check=True,
@@ -91,10 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--app-dir", action="append", default=[], help="another checkout to measure (repeatable)")
     parser.add_argument("--requests", type=int, default=100, help="requests per round and checkout")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--history", type=int, default=0, help="the sending user's other conversations")
     parser.add_argument("--measure", type=int, help=argparse.SUPPRESS)  # the child process's own mode
     args = parser.parse_args(argv)
     if args.measure:
-        print(json.dumps(measure(args.measure)))
+        print(json.dumps(measure(args.measure, args.history)))
         return
     from bench import database, procs
 
@@ -103,13 +115,20 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[Path, list[dict[str, float]]] = {c: [] for c in checkouts}
     for round_number in range(args.rounds):
         for checkout in checkouts if round_number % 2 == 0 else reversed(checkouts):
-            results[checkout].append(run_checkout(checkout, args.requests, procs.SERVER_CORE))
-    print(f"CPU per call, median of {args.rounds} rounds of {args.requests} (every round in brackets):")
+            results[checkout].append(run_checkout(checkout, args.requests, procs.SERVER_CORE, args.history))
+    print(
+        f"CPU per call, median of {args.rounds} rounds of {args.requests} (every round in brackets), "
+        f"for a user with {args.history} other conversations:"
+    )
     base = statistics.median(r["send_us"] for r in results[procs.ROOT])
     for checkout, rounds in results.items():
         send, check = ([r[key] / 1000 for r in rounds] for key in ("send_us", "check_us"))
         ratio = statistics.median(send) * 1000 / base
-        print(f"  {checkout}: send {_ms(send)}, limits.check {_ms(check)}; send × {ratio:.2f} of this checkout's")
+        size = statistics.median(r.get("send_bytes", 0) for r in rounds) / 1024
+        print(
+            f"  {checkout}: send {_ms(send)}, limits.check {_ms(check)}; send × {ratio:.2f} of this checkout's;"
+            f" response {size:.1f} KiB"
+        )
 
 
 def _ms(values: list[float]) -> str:

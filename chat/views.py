@@ -18,6 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 from chat import admission, catalog, limits, relay, sse, streaming
 from chat.forms import MessageForm, NewConversationForm, RenameForm, SettingsForm
 from chat.models import Conversation, Message, NotTheLatestReply
+from chat.sidebar import BadPosition, Sidebar
 
 PAGE = "chat/conversation.html"
 
@@ -29,7 +30,7 @@ def composer_form(conversation: Conversation) -> MessageForm:
 def page_context(request: HttpRequest, conversation: Conversation | None = None, **extra: Any) -> dict[str, Any]:
     """What every chat page shows around the conversation: the sidebar and the model picker."""
     return {
-        "conversations": Conversation.objects.for_user(request.user),
+        "sidebar": Sidebar(request.user),
         "conversation": conversation,
         "models": catalog.offered_models(),
         "default_model": catalog.default_model(),
@@ -111,8 +112,17 @@ def with_composer(request: HttpRequest, conversation: Conversation, form: Messag
 
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
+    """The start page; with ?before=, the sidebar's next page of older conversations."""
     form = NewConversationForm(initial={"model": catalog.default_model()})
-    return render(request, "chat/index.html", page_context(request, form=form))
+    context = page_context(request, form=form)
+    if before := request.GET.get("before"):
+        try:
+            context["sidebar"] = Sidebar(request.user, before=before)
+        except BadPosition:
+            return HttpResponse("Not a position in the list of conversations.", status=400)
+        if request.htmx:
+            return render(request, f"{PAGE}#sidebar_items", context)
+    return render(request, "chat/index.html", context)
 
 
 @login_required

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 
 import pytest
 from django.test import Client
 
-from chat import limits
+from chat import limits, sidebar
 from chat.models import CONTINUE_PROMPT, Conversation, Message, Role, Status
 from chat.providers import Turn
 
@@ -110,12 +111,46 @@ def test_a_send_over_the_limit_is_a_429_with_the_composer_and_its_text(client, c
     assert Message.objects.count() == 0
 
 
+def test_the_sidebar_shows_a_page_of_recent_conversations_and_the_older_ones_on_request(
+    client, owner, django_user_model
+) -> None:
+    stranger = django_user_model.objects.create_user(username="stranger", password="x-long-test-password")
+    Conversation.objects.create(user=stranger, model="openai:gpt-4o-mini", title="Not yours")
+    made = [
+        Conversation.objects.create(user=owner, model="openai:gpt-4o-mini", title=f"Chat number {i}")
+        for i in range(sidebar.PAGE_SIZE + 5)
+    ]
+    # Two conversations touched in the same microsecond still page in a fixed order, neither lost.
+    Conversation.objects.filter(pk__in=[made[4].pk, made[5].pk]).update(updated_at=made[5].updated_at)
+    newest_first = [c.title for c in Conversation.objects.filter(user=owner).order_by("-updated_at", "-pk")]
+
+    page = client.get("/chat/").content.decode()
+    shown = re.findall(r'<a href="/chat/\d+/"[^>]*>(Chat number \d+)</a>', page)
+    assert shown == newest_first[: sidebar.PAGE_SIZE]
+    older = re.search(r'hx-get="/chat/\?before=([0-9-]+)"', page)
+    assert older and "Older conversations" in page
+
+    rest = client.get(f"/chat/?before={older.group(1)}", headers=HTMX).content.decode()
+    assert re.findall(r">(Chat number \d+)</a>", rest) == newest_first[sidebar.PAGE_SIZE :]
+    assert "Older conversations" not in rest and "<html" not in rest and "Not yours" not in rest
+    whole = client.get(f"/chat/?before={older.group(1)}").content.decode()  # without JavaScript: a page
+    assert "<html" in whole and "Chat number 0" in whole and "Chat number 54" not in whole
+
+    for bad in ("yesterday", "12-x", "1" * 30 + "-1"):
+        response = client.get(f"/chat/?before={bad}", headers=HTMX)
+        assert response.status_code == 400 and b"Not a position" in response.content
+
+
 def test_a_send_returns_the_exchange_and_refreshes_composer_title_and_sidebar(client, conversation) -> None:
     conversation.rename("")
+    Conversation.objects.create(user=conversation.user, model="openai:gpt-4o-mini", title="An older chat")
     body = client.post(f"/chat/{conversation.pk}/messages/", {"text": "Soup, please"}, headers=HTMX).content.decode()
     assert 'id="composer"' in body and '<div id="conversation-title" class="title" hx-swap-oob="true">' in body
-    assert '<nav id="sidebar" class="sidebar" aria-label="Conversations" hx-swap-oob="true">' in body
     assert "<h1>Soup, please</h1>" in body  # titled from the first message
+    # Only this conversation's sidebar item, retitled, to put at the top: not the whole list again.
+    item = f'<li id="conversation-{conversation.pk}" class="current">'
+    assert f'<div hx-swap-oob="afterbegin:#conversation-list">\n{item}' in body and ">Soup, please</a>" in body
+    assert 'id="sidebar"' not in body and "An older chat" not in body
 
 
 def test_rename_changes_the_title_and_an_htmx_rename_returns_the_sidebar(client, conversation) -> None:

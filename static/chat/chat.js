@@ -188,11 +188,16 @@ document.addEventListener("DOMContentLoaded", () => {
 });
 
 // --- other tabs: the update poller may bring a message this tab already shows (its own send,
-// racing the poll); keep the one on the page ---
+// racing the poll); keep the one on the page. A send brings its conversation's sidebar item to
+// put at the top: that one replaces the item where it was. ---
 document.addEventListener("htmx:oobBeforeSwap", (event) => {
   const fragment = event.detail.fragment;
   if (!fragment || !fragment.querySelectorAll) return;
   for (const message of fragment.querySelectorAll("article.message[id]")) {
     if (document.getElementById(message.id)) message.remove();
+  }
+  for (const item of fragment.querySelectorAll("li[id^='conversation-']")) {
+    const old = document.getElementById(item.id);
+    if (old) old.remove();
   }
 });

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from django.contrib.sessions.models import Session
 
+from chat import sidebar
 from chat.models import Conversation, Message, Role, SpendingLimit, Status
 from tests.browser.conftest import Tab, new_tab
 from tests.conftest import ChatClient, wait_for_status
@@ -411,6 +412,31 @@ def test_a_refused_send_shows_why_in_the_composer_and_keeps_the_text(tab: Tab, u
     assert "monthly spending limit" in error.inner_text()
     assert tab.page.locator("#composer textarea").input_value() == "One more, please"
     assert tab.page.locator("#messages .message").count() == 0 and sim.log == []
+
+
+def test_a_send_moves_its_conversation_to_the_top_of_the_sidebar_and_older_ones_load_on_request(
+    tab: Tab, user, sim
+) -> None:
+    chats = [conversation(user, title=f"Earlier chat {i}") for i in range(sidebar.PAGE_SIZE + 2)]
+    untitled = chats[-20]
+    untitled.rename("")
+    Conversation.objects.filter(pk=untitled.pk).update(updated_at=chats[-21].updated_at)  # keep its place
+    items = tab.page.locator("#conversation-list > li[id]")
+    sim.enqueue(Scenario(text="Moved."))
+    tab.open(f"/chat/{untitled.pk}/")
+    assert items.count() == sidebar.PAGE_SIZE and items.first.inner_text().startswith("Earlier chat 51")
+    send(tab, "Move me up")
+    reply_locator(tab, "completed").wait_for()
+    assert items.first.get_attribute("id") == f"conversation-{untitled.pk}"
+    assert items.first.locator("a").first.inner_text() == "Move me up"  # retitled from its first message
+    assert tab.page.locator(f"#conversation-{untitled.pk}").count() == 1 and items.count() == sidebar.PAGE_SIZE
+
+    tab.page.get_by_role("link", name="Older conversations").click()
+    wait_until(tab, f"document.querySelectorAll('#conversation-list > li[id]').length === {len(chats)}")
+    ids = [items.nth(i).get_attribute("id") for i in range(items.count())]
+    assert len(set(ids)) == len(chats) and tab.page.get_by_text("Older conversations").count() == 0
+    assert ids[-1] == f"conversation-{chats[0].pk}"
+    assert tab.errors == []
 
 
 def test_a_send_to_a_full_server_says_so_in_the_composer_and_keeps_the_text(
