@@ -60,6 +60,7 @@ class Exchange:
     ttft: float | None = None  # from the stream request to the first chunk carrying a token
     finished: float = 0.0
     error: str = ""
+    retry_after: float = 0.0  # a refusal's Retry-After: the user waits that long before sending again
 
 
 @dataclass
@@ -122,21 +123,24 @@ class Run:
             if account is None:
                 await self._direct(http)
             else:
-                await self._conversation(http, account)
+                # A browser told to come back later does, not at once: a refusal storm is not a user.
+                if wait := await self._conversation(http, account):
+                    await asyncio.sleep(wait)
 
-    async def _conversation(self, http: aiohttp.ClientSession, account: Account) -> None:
-        """One measured exchange: a reply through the app, or through the bare relay in its place."""
+    async def _conversation(self, http: aiohttp.ClientSession, account: Account) -> float:
+        """One measured exchange: a reply through the app, or through the bare relay in its place;
+        the seconds a refusal asked the user to wait before the next one."""
         if self.plan.bare:
             await self._direct(http, via_relay=True)
-        else:
-            await self._app(http, account)
+            return 0.0
+        return await self._app(http, account)
 
     def _exchange(self, kind: str) -> Exchange:
         now = asyncio.get_running_loop().time()
         rel = now - self.t0
         return Exchange(kind, now, self.plan.window_start <= rel < self.plan.window_end)
 
-    async def _app(self, http: aiohttp.ClientSession, account: Account) -> None:
+    async def _app(self, http: aiohttp.ClientSession, account: Account) -> float:
         ex = self._exchange("app")
         loop = asyncio.get_running_loop()
         base = self.plan.app_url
@@ -148,19 +152,19 @@ class Run:
                 async with http.post(send_url, data=form, headers=headers) as r:
                     body = await r.read()
                     if r.status != 200:
-                        ex.error = f"send HTTP {r.status}"
-                        return
+                        ex.error, ex.retry_after = f"send HTTP {r.status}", refusal_wait(r)
+                        return ex.retry_after
                 match = STREAM_URL.search(body)
                 if match is None:
                     ex.error = "no stream url"
-                    return
+                    return 0.0
                 opened = loop.time()
                 ex.send = opened - ex.started
                 headers = {"Cookie": account.cookie, "Accept": "text/event-stream"}
                 async with http.get(base + match.group(0).decode(), headers=headers) as r:
                     if r.status != 200:
-                        ex.error = f"stream HTTP {r.status}"
-                        return
+                        ex.error, ex.retry_after = f"stream HTTP {r.status}", refusal_wait(r)
+                        return ex.retry_after
                     await self._read(r, ex, opened, APP_DONE, APP_ERROR)
         except TimeoutError:
             ex.error = "timeout"
@@ -169,6 +173,7 @@ class Run:
         finally:
             ex.finished = loop.time()
             self.out.exchanges.append(ex)
+        return 0.0
 
     async def _direct(self, http: aiohttp.ClientSession, *, via_relay: bool = False) -> None:
         """The simulator's stream as it is: straight from it, or through the bare relay, which passes it on
@@ -234,3 +239,13 @@ class Run:
                 ex.error = "incomplete text"
             elif window_start <= loop.time() < window_end:
                 self.out.completed[kind] += 1
+
+
+def refusal_wait(response: aiohttp.ClientResponse) -> float:
+    """The Retry-After of a refusal (429, 503): how long a user told to wait waits before trying again."""
+    if response.status not in (429, 503):
+        return 0.0
+    try:
+        return float(response.headers.get("Retry-After", 0))
+    except ValueError:
+        return 0.0

@@ -44,6 +44,7 @@ class Cell:
     attempts: int = 0
     direct_errors: int = 0
     error_kinds: dict[str, int] = field(default_factory=dict)
+    refused_ms: dict[str, float | None] = field(default_factory=dict)  # how fast a 503 came back, p50/p99
     log_errors: int = 0
     replies_per_s: float = 0.0
     events_per_s: float = 0.0
@@ -100,6 +101,8 @@ def summarise(cell: Cell, got: Collected, *, tokens: int) -> None:
     cell.errors = sum(1 for e in apps if e.error)
     cell.direct_errors = sum(1 for e in got.exchanges if e.kind == "direct" and e.error)
     cell.error_kinds = dict(Counter(f"{e.kind}: {e.error}" for e in got.exchanges if e.error))
+    refused = [e.finished - e.started for e in apps if e.error.endswith("HTTP 503")]
+    cell.refused_ms = {f"p{q}": ms(percentile(refused, q)) for q in (50, 99)} if refused else {}
     cell.replies_per_s = got.completed["app"] / cell.window
     # Counted from whole replies, not from what the browser got: the relay may merge and re-render text.
     cell.events_per_s = cell.replies_per_s * (tokens + EXTRA_EVENTS_PER_REPLY)

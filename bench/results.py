@@ -255,6 +255,10 @@ def document(
         parts.append("## Errors by kind\n")
         for c in failing:
             kinds = ", ".join(f"{k} ×{n}" for k, n in sorted(c.error_kinds.items()))
+            if c.refused_ms:
+                kinds += (
+                    f"; the 503s came back in p50 {fmt(c.refused_ms['p50'], 1)} / p99 {fmt(c.refused_ms['p99'], 1)} ms"
+                )
             parts.append(f"- {c.server} {c.interval * 1000:g} ms C={c.concurrency}: {kinds}")
         parts.append("")
     for c in [c for c in cells if c.profile]:

@@ -20,11 +20,14 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
+from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.template.loader import render_to_string
 
 from chat import live
 from chat.limits import Refusal
@@ -36,13 +39,19 @@ PROBE_SECONDS = 0.1
 # so one timer that happens to fire on time in a saturated loop does not open the door.
 DECAY = 0.8
 MAX_RETRY_AFTER = 30
-BUSY = "streamchat is busy with other replies right now, so this message was not sent. Try again in {} s."
+BUSY = "streamchat is busy with other replies right now, so nothing was sent. Try again in {} s."
 
 
 class Pressure:
-    """How far behind this worker's event loop runs, in seconds (read from request threads too)."""
+    """How far behind this worker's event loop runs, in seconds, and how many requests wait for a pooled
+    database connection (read from request threads too)."""
 
     lag = 0.0
+    db_waiting = 0
+    reported_at = float("-inf")
+
+
+REPORT_EVERY = 10.0
 
 
 _monitors: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
@@ -58,11 +67,28 @@ def ensure_monitor() -> None:
 
 async def measure_lag() -> None:
     loop = asyncio.get_running_loop()
+    pool = database_pool()
     while True:
         asked = loop.time()
         await asyncio.sleep(PROBE_SECONDS)
-        late = max(0.0, loop.time() - asked - PROBE_SECONDS)
-        Pressure.lag = max(late, Pressure.lag * DECAY)
+        now = loop.time()
+        Pressure.lag = max(now - asked - PROBE_SECONDS, Pressure.lag * DECAY, 0.0)
+        Pressure.db_waiting = pool.get_stats().get("requests_waiting", 0) if pool is not None else 0
+        if (Pressure.lag > 1 or Pressure.db_waiting) and now - Pressure.reported_at >= REPORT_EVERY:
+            # What an operator needs to see before users do: a worker running behind.
+            Pressure.reported_at = now
+            logger.warning(
+                "under pressure: event loop %.2f s late, %d requests waiting for a database connection, %d replies",
+                Pressure.lag,
+                Pressure.db_waiting,
+                len(live.owned),
+            )
+
+
+def database_pool() -> Any:
+    """The process's psycopg pool (PostgreSQL with DATABASE_POOL_SIZE), or None."""
+    wrapper = connections[DEFAULT_DB_ALIAS]
+    return wrapper.pool if wrapper.vendor == "postgresql" else None
 
 
 def refusal() -> Refusal | None:
@@ -75,6 +101,32 @@ def refusal() -> Refusal | None:
         # By then the queue the lag measures has drained, if no new work joined it.
         return busy(retry_after=math.ceil(lag))
     return None
+
+
+def refuse_when_busy(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
+    """Outermost on a view that starts a reply: past capacity it answers before the session, the user or
+    anything else has touched the database, so a refusal costs no wait for a connection."""
+
+    @wraps(view)
+    def admit(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
+        if (refused := refusal()) is not None:
+            return busy_response(request, refused)
+        return view(request, *args, **kwargs)
+
+    return admit
+
+
+def busy_response(request: HttpRequest, refused: Refusal) -> HttpResponse:
+    """The refusal next to the composer for htmx, whose box keeps the text; else a plain page."""
+    if request.headers.get("HX-Request") == "true":
+        # No request in the context: a context processor could read the session.
+        html = render_to_string("chat/conversation.html#page_notice", {"notice": refused.message})
+        response = HttpResponse(html, status=refused.status)
+        response["HX-Retarget"], response["HX-Reswap"] = "#composer-status", "innerHTML"
+    else:
+        response = HttpResponse(refused.message, status=refused.status, content_type="text/plain; charset=utf-8")
+    response["Retry-After"] = str(refused.retry_after)
+    return response
 
 
 def busy(*, retry_after: int) -> Refusal:
@@ -104,7 +156,7 @@ class DatabaseBusyMiddleware:
         refused = busy(retry_after=5)
         return HttpResponse(
             refused.message,
-            status=503,
+            status=refused.status,
             content_type="text/plain; charset=utf-8",
             headers={"Retry-After": str(refused.retry_after)},
         )

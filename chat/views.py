@@ -125,6 +125,7 @@ def index(request: HttpRequest) -> HttpResponse:
     return render(request, "chat/index.html", context)
 
 
+@admission.refuse_when_busy
 @login_required
 @require_POST
 def new_conversation(request: HttpRequest) -> HttpResponse:
@@ -133,7 +134,7 @@ def new_conversation(request: HttpRequest) -> HttpResponse:
     if not form.is_valid():
         return render(request, "chat/index.html", page_context(request, form=form), status=400)
     text, model = form.cleaned_data["text"], form.cleaned_data["model"] or catalog.default_model()
-    if text and (refusal := admission.refusal() or limits.refusal(request.user)):
+    if text and (refusal := limits.refusal(request.user)):
         form.add_error(None, refusal.message)
         response = render(request, "chat/index.html", page_context(request, form=form), status=refusal.status)
         response["Retry-After"] = str(refusal.retry_after)
@@ -160,6 +161,7 @@ def conversation_updates(request: HttpRequest, conversation_id: int) -> HttpResp
     return render(request, f"{PAGE}#updates_response", {"conversation": conversation, "new_messages": new})
 
 
+@admission.refuse_when_busy
 @login_required
 @require_POST
 def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
@@ -167,8 +169,6 @@ def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     form = MessageForm(request.POST)
     if not form.is_valid():
         return with_composer(request, conversation, form, status=400)
-    if busy := admission.refusal():
-        return refused(request, busy, conversation, form)
     standing = limits.check(request.user)
     if standing.refusal:
         return refused(request, standing.refusal, conversation, form)
@@ -189,7 +189,7 @@ def another_reply(
     """Start a new reply from one of the user's replies (Retry, Regenerate, Continue), within the limits."""
     reply = users_reply(request, message_id)
     conversation = reply.conversation
-    if refusal := admission.refusal() or limits.refusal(request.user):
+    if refusal := limits.refusal(request.user):
         return refused(request, refusal, conversation)
     try:
         new_reply = start(conversation, reply)
@@ -200,6 +200,7 @@ def another_reply(
     return respond(conversation, new_reply)
 
 
+@admission.refuse_when_busy
 @login_required
 @require_POST
 def regenerate_reply(request: HttpRequest, message_id: int) -> HttpResponse:
@@ -212,6 +213,7 @@ def regenerate_reply(request: HttpRequest, message_id: int) -> HttpResponse:
     )
 
 
+@admission.refuse_when_busy
 @login_required
 @require_POST
 def continue_reply(request: HttpRequest, message_id: int) -> HttpResponse:

@@ -452,7 +452,7 @@ def test_a_send_to_a_full_server_says_so_in_the_composer_and_keeps_the_text(
         wait_for_status(running, {Status.STREAMING})
         for tab in new_tab(chromium, server, user):
             open_and_send(tab, user, "Is there room for me?")
-            error = tab.page.locator("#composer .composer-errors")
+            error = tab.page.locator("#composer-status .page-notice")
             error.wait_for()
             assert "busy with other replies" in error.inner_text() and "Try again in 5 s" in error.inner_text()
             assert tab.page.locator("#composer textarea").input_value() == "Is there room for me?"
