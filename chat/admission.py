@@ -1,9 +1,10 @@
 """Past capacity, a worker refuses new replies at once (503 with Retry-After) rather than slow every stream.
 
-One process carries a bounded number of streams (bench/RESULTS.md: its capacity). Beyond it every
-reply's tokens wait in the same event-loop queue, the first token comes seconds late for everyone,
-and requests end as timeouts, or as 500s after waiting for a database connection. Two signals say
-"full", both checked before a reply is stored, never for a reply already accepted:
+One process carries a bounded number of streams (bench/RESULTS.md: its capacity). Beyond it requests
+queue, the first token comes seconds late for everyone, and requests end as timeouts. Measured, the queue
+forms at the database pool rather than in the event loop (C=500: 331 requests waiting for a connection
+while the loop ran 0.07 s late; README, Decisions). Two signals say "full", both checked before a reply is
+stored and before the session is read, never for a reply already accepted:
 
 - the event loop's lag: how late a timer fires, measured here every PROBE_SECONDS; above
   CHAT_MAX_LAG seconds each new reply would only add to the queue every stream is waiting in;
