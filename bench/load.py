@@ -60,7 +60,6 @@ class Exchange:
     ttft: float | None = None  # from the stream request to the first chunk carrying a token
     finished: float = 0.0
     error: str = ""
-    retry_after: float = 0.0  # a refusal's Retry-After: the user waits that long before sending again
 
 
 @dataclass
@@ -152,8 +151,8 @@ class Run:
                 async with http.post(send_url, data=form, headers=headers) as r:
                     body = await r.read()
                     if r.status != 200:
-                        ex.error, ex.retry_after = f"send HTTP {r.status}", refusal_wait(r)
-                        return ex.retry_after
+                        ex.error = f"send HTTP {r.status}"
+                        return refusal_wait(r)
                 match = STREAM_URL.search(body)
                 if match is None:
                     ex.error = "no stream url"
@@ -163,8 +162,8 @@ class Run:
                 headers = {"Cookie": account.cookie, "Accept": "text/event-stream"}
                 async with http.get(base + match.group(0).decode(), headers=headers) as r:
                     if r.status != 200:
-                        ex.error, ex.retry_after = f"stream HTTP {r.status}", refusal_wait(r)
-                        return ex.retry_after
+                        ex.error = f"stream HTTP {r.status}"
+                        return refusal_wait(r)
                     await self._read(r, ex, opened, APP_DONE, APP_ERROR)
         except TimeoutError:
             ex.error = "timeout"

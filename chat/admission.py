@@ -44,44 +44,32 @@ BUSY = "streamchat is busy with other replies right now, so nothing was sent. Tr
 
 
 class Pressure:
-    """How far behind this worker's event loop runs, in seconds, and how many requests wait for a pooled
-    database connection (read from request threads too)."""
+    """How far behind this worker's event loop runs, in seconds (read from request threads too)."""
 
     lag = 0.0
-    db_waiting = 0
-    reported_at = float("-inf")
 
 
 REPORT_EVERY = 10.0
 
 
-_monitors: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
-
-
-def ensure_monitor() -> None:
-    """Start this loop's lag probe once; called where a loop is running (the stream view)."""
-    loop = asyncio.get_running_loop()
-    task = _monitors.get(loop)
-    if task is None or task.done():
-        _monitors[loop] = loop.create_task(measure_lag(), name="streamchat-lag")
-
-
 async def measure_lag() -> None:
+    """This loop's lag probe, started by lifecycle.ensure_upkeep with the worker's other background work."""
     loop = asyncio.get_running_loop()
     pool = database_pool()
+    reported_at = float("-inf")
     while True:
         asked = loop.time()
         await asyncio.sleep(PROBE_SECONDS)
         now = loop.time()
         Pressure.lag = max(now - asked - PROBE_SECONDS, Pressure.lag * DECAY, 0.0)
-        Pressure.db_waiting = pool.get_stats().get("requests_waiting", 0) if pool is not None else 0
-        if (Pressure.lag > 1 or Pressure.db_waiting) and now - Pressure.reported_at >= REPORT_EVERY:
+        waiting = pool.get_stats().get("requests_waiting", 0) if pool is not None else 0
+        if (Pressure.lag > 1 or waiting) and now - reported_at >= REPORT_EVERY:
             # What an operator needs to see before users do: a worker running behind.
-            Pressure.reported_at = now
+            reported_at = now
             logger.warning(
                 "under pressure: event loop %.2f s late, %d requests waiting for a database connection, %d replies",
                 Pressure.lag,
-                Pressure.db_waiting,
+                waiting,
                 len(live.owned),
             )
 
@@ -119,15 +107,22 @@ def refuse_when_busy(view: Callable[..., HttpResponseBase]) -> Callable[..., Htt
 
 def busy_response(request: HttpRequest, refused: Refusal) -> HttpResponse:
     """The refusal next to the composer for htmx, whose box keeps the text; else a plain page."""
-    if request.headers.get("HX-Request") == "true":
-        # No request in the context: a context processor could read the session.
-        html = render_to_string("chat/conversation.html#page_notice", {"notice": refused.message})
-        response = HttpResponse(html, status=refused.status)
-        response["HX-Retarget"], response["HX-Reswap"] = "#composer-status", "innerHTML"
-    else:
-        response = HttpResponse(refused.message, status=refused.status, content_type="text/plain; charset=utf-8")
-    response["Retry-After"] = str(refused.retry_after)
+    if request.headers.get("HX-Request") != "true":
+        return plain_response(refused)
+    # No request in the context: a context processor could read the session.
+    html = render_to_string("chat/conversation.html#page_notice", {"notice": refused.message})
+    response = HttpResponse(html, status=refused.status, headers={"Retry-After": str(refused.retry_after)})
+    response["HX-Retarget"], response["HX-Reswap"] = "#composer-status", "innerHTML"
     return response
+
+
+def plain_response(refused: Refusal) -> HttpResponse:
+    return HttpResponse(
+        refused.message,
+        status=refused.status,
+        content_type="text/plain; charset=utf-8",
+        headers={"Retry-After": str(refused.retry_after)},
+    )
 
 
 def busy(*, retry_after: int) -> Refusal:
@@ -154,13 +149,8 @@ class DatabaseBusyMiddleware:
         if not waited_for_connection(exception):
             return None
         logger.warning("no database connection within %s s for %s", settings.DATABASE_POOL_TIMEOUT, request.path)
-        refused = busy(retry_after=5)
-        return HttpResponse(
-            refused.message,
-            status=refused.status,
-            content_type="text/plain; charset=utf-8",
-            headers={"Retry-After": str(refused.retry_after)},
-        )
+        # Plain, never retargeted at the composer: this may be any request, a background poll included.
+        return plain_response(busy(retry_after=5))
 
 
 def waited_for_connection(exception: BaseException) -> bool:

@@ -11,13 +11,13 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 from django.utils import timezone
 
-from chat import pricing, streaming
+from chat import admission, pricing, streaming
 from chat.live import Shutdown
 from chat.models import Message, Status
 from chat.providers.http import aclose_shared_client
 
 logger = logging.getLogger(__name__)
-_upkeep_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+_loop_tasks: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task[None]] = {}
 
 
 def interrupted_after() -> timedelta:
@@ -43,11 +43,13 @@ def on_worker_start() -> None:
 
 
 def ensure_upkeep() -> None:
-    """Start this loop's upkeep task once; called from the stream view, where a loop is running."""
+    """Start this loop's background tasks once: the upkeep of live rows and the probe of the loop's lag
+    (chat.admission). Called from the stream view, where a loop is running."""
     loop = asyncio.get_running_loop()
-    task = _upkeep_tasks.get(loop)
-    if task is None or task.done():
-        _upkeep_tasks[loop] = loop.create_task(upkeep(), name="streamchat-upkeep")
+    for name, work in (("streamchat-upkeep", upkeep), ("streamchat-lag", admission.measure_lag)):
+        task = _loop_tasks.get((loop, name))
+        if task is None or task.done():
+            _loop_tasks[loop, name] = loop.create_task(work(), name=name)
 
 
 async def upkeep() -> None:

@@ -31,13 +31,13 @@ class Sidebar:
 
     def __init__(self, user: AbstractBaseUser, *, before: str = "") -> None:
         self.user = user
-        self.after = parse_position(before) if before else None
+        self.older_than = parse_position(before) if before else None
 
     @cached_property
     def _page(self) -> list[Conversation]:
         conversations = Conversation.objects.for_user(self.user).order_by("-updated_at", "-pk")
-        if self.after is not None:
-            updated_at, pk = self.after
+        if self.older_than is not None:
+            updated_at, pk = self.older_than
             conversations = conversations.filter(Q(updated_at__lt=updated_at) | Q(updated_at=updated_at, pk__lt=pk))
         # The title is all an item shows: not the system prompt, which can be long.
         return list(conversations.only("pk", "title", "updated_at")[: PAGE_SIZE + 1])
