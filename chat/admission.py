@@ -8,6 +8,9 @@ stored and before the session is read, never for a reply already accepted:
 
 - the event loop's lag: how late a timer fires, measured here every PROBE_SECONDS; above
   CHAT_MAX_LAG seconds each new reply would only add to the queue every stream is waiting in;
+- the database pool's queue: how long a new request would wait for a connection, from the requests
+  waiting and the rate the pool hands connections out (PoolQueue); above CHAT_MAX_DB_WAIT seconds a
+  new reply's two requests would only lengthen a queue whose end is a timeout;
 - CHAT_MAX_STREAMS: a cap on the replies this worker writes at once, for an operator who has
   measured the capacity of the machine (0: no cap).
 
@@ -44,9 +47,44 @@ BUSY = "streamchat is busy with other replies right now, so nothing was sent. Tr
 
 
 class Pressure:
-    """How far behind this worker's event loop runs, in seconds (read from request threads too)."""
+    """How far behind this worker runs, in seconds (read from request threads too): its event loop's lag,
+    and the wait for a database connection a request starting now can expect."""
 
     lag = 0.0
+    db_wait = 0.0
+
+
+class PoolQueue:
+    """Little's law on psycopg-pool's counters: a newcomer waits about (requests waiting) / (hand-out rate).
+
+    The rate is learnt only while requests wait at both ends of a probe, when it is the pool's capacity
+    rather than the demand, and afresh for each queue: until a queue has lasted a probe nothing is
+    estimated, so a cold start that briefly queues while the pool opens connections is not refused. A pool that hands out nothing
+    while requests wait (a stuck database) estimates an unbounded wait.
+    """
+
+    SMOOTHING = 0.2  # weight of the newest rate sample: about half a second of memory at PROBE_SECONDS
+
+    def __init__(self) -> None:
+        self.served: int | None = None  # requests that have left the queue (or never joined it)
+        self.waiting = 0
+        self.rate: float | None = None  # connections handed out per second while saturated
+
+    def update(self, stats: dict[str, int], *, elapsed: float) -> float:
+        """The expected wait in seconds for a request starting now, given the pool's stats `elapsed` s later."""
+        waiting = stats.get("requests_waiting", 0)
+        served = stats.get("requests_num", 0) - waiting
+        if self.served is not None and waiting and self.waiting and elapsed > 0:
+            sample = max(served - self.served, 0) / elapsed
+            self.rate = sample if self.rate is None else self.rate + self.SMOOTHING * (sample - self.rate)
+        self.served, self.waiting = served, waiting
+        if not waiting:
+            # The queue drained: whatever slowed it (a stuck database) is over, so learn afresh next time.
+            self.rate = None
+            return 0.0
+        if self.rate is None:
+            return 0.0
+        return waiting / self.rate if self.rate > 0 else math.inf
 
 
 REPORT_EVERY = 10.0
@@ -56,20 +94,25 @@ async def measure_lag() -> None:
     """This loop's lag probe, started by lifecycle.ensure_upkeep with the worker's other background work."""
     loop = asyncio.get_running_loop()
     pool = database_pool()
+    queue = PoolQueue()
     reported_at = float("-inf")
     while True:
         asked = loop.time()
         await asyncio.sleep(PROBE_SECONDS)
         now = loop.time()
         Pressure.lag = max(now - asked - PROBE_SECONDS, Pressure.lag * DECAY, 0.0)
-        waiting = pool.get_stats().get("requests_waiting", 0) if pool is not None else 0
-        if (Pressure.lag > 1 or waiting) and now - reported_at >= REPORT_EVERY:
+        if pool is not None:
+            expected = queue.update(pool.get_stats(), elapsed=now - asked)
+            Pressure.db_wait = max(expected, Pressure.db_wait * DECAY)
+        if (Pressure.lag > 1 or queue.waiting) and now - reported_at >= REPORT_EVERY:
             # What an operator needs to see before users do: a worker running behind.
             reported_at = now
             logger.warning(
-                "under pressure: event loop %.2f s late, %d requests waiting for a database connection, %d replies",
+                "under pressure: event loop %.2f s late, %d requests waiting for a database connection "
+                "(about %.1f s), %d replies",
                 Pressure.lag,
-                waiting,
+                queue.waiting,
+                Pressure.db_wait,
                 len(live.owned),
             )
 
@@ -89,6 +132,9 @@ def refusal() -> Refusal | None:
     if max_lag and lag > max_lag:
         # By then the queue the lag measures has drained, if no new work joined it.
         return busy(retry_after=math.ceil(lag))
+    max_wait, wait = settings.CHAT_MAX_DB_WAIT, Pressure.db_wait
+    if max_wait and wait > max_wait:
+        return busy(retry_after=math.ceil(min(wait, MAX_RETRY_AFTER)))
     return None
 
 

@@ -16,7 +16,7 @@ django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (configured by the line above)
 
-from chat.lifecycle import on_worker_start  # noqa: E402  (needs the app registry loaded above)
+from chat.lifecycle import ensure_upkeep, on_worker_start  # noqa: E402  (needs the app registry loaded above)
 from project.middleware import regroup  # noqa: E402
 
 WHITENOISE = "whitenoise.middleware.WhiteNoiseMiddleware"
@@ -42,6 +42,9 @@ _static_prefix = "/" + settings.STATIC_URL.lstrip("/") if not settings.STATIC_UR
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "http" and not scope["path"].startswith(_static_prefix):
+        # From the first request on (daphne has no start-up hook that runs in the loop): the probes that
+        # decide admission must be running before the first send, not from the first stream.
+        ensure_upkeep()
         return await _dynamic(scope, receive, send)
     return await django_application(scope, receive, send)
 

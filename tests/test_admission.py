@@ -22,9 +22,9 @@ from tests.fake_upstream import Scenario
 
 @pytest.fixture
 def pressure() -> Iterator[type[Pressure]]:
-    Pressure.lag = 0.0
+    Pressure.lag = Pressure.db_wait = 0.0
     yield Pressure
-    Pressure.lag = 0.0
+    Pressure.lag = Pressure.db_wait = 0.0
 
 
 async def test_the_lag_probe_sees_a_blocked_loop_and_lets_go_once_it_runs_freely(settings, pressure) -> None:
@@ -45,6 +45,50 @@ async def test_the_lag_probe_sees_a_blocked_loop_and_lets_go_once_it_runs_freely
             await asyncio.sleep(0.1)
     finally:
         probe.cancel()
+
+
+def test_the_pool_queue_estimate_learns_the_rate_only_while_requests_wait() -> None:
+    queue = admission.PoolQueue()
+
+    def stats(*, num: int, waiting: int) -> float:
+        return queue.update({"requests_num": num, "requests_waiting": waiting}, elapsed=0.1)
+
+    # Busy but not saturated: requests come and go, none waits, nothing is learnt.
+    assert stats(num=0, waiting=0) == 0 and stats(num=50, waiting=0) == 0 and queue.rate is None
+    # A cold start queues while the pool opens its connections: no rate known yet, so no estimate.
+    assert stats(num=80, waiting=20) == 0
+    # Saturated at both ends of a probe: 30 handed out in 0.1 s is 300 a second; 60 waiting is 0.2 s.
+    assert stats(num=150, waiting=60) == pytest.approx(60 / 300)
+    assert queue.rate == pytest.approx(300)
+    # The hand-outs slow to 50 a second: the rate follows over a few probes and the expected wait grows.
+    waits = [stats(num=150 + 5 * i + 100 * i, waiting=60 + 100 * i) for i in range(1, 6)]
+    assert waits == sorted(waits) and waits[-1] > 3
+    # Nothing handed out while 500 wait (a stuck database): the wait is unbounded after a while.
+    for _ in range(40):
+        wait = stats(num=675, waiting=525)
+    assert wait > 100
+    # The queue drains: the rate it learnt while stuck is forgotten, and a new queue is measured afresh.
+    assert stats(num=2000, waiting=0) == 0 and queue.rate is None
+    assert stats(num=2010, waiting=5) == 0
+    assert stats(num=2060, waiting=5) == pytest.approx(5 / 500)
+
+
+@pytest.mark.django_db
+def test_a_send_while_the_database_queue_is_long_is_refused_before_it_joins_it(
+    settings, pressure, django_user_model, django_assert_num_queries
+) -> None:
+    settings.CHAT_MAX_DB_WAIT = 5.0
+    user = django_user_model.objects.create_user(username="queued", password="a-long-test-password")
+    conversation = Conversation.objects.create(user=user, model="openai:gpt-4o-mini")
+    client = Client()
+    client.force_login(user)
+    pressure.db_wait = 7.2
+    url = f"/chat/{conversation.pk}/messages/"
+    with django_assert_num_queries(0):
+        response = client.post(url, {"text": "Anyone there?"}, headers={"HX-Request": "true"})
+    assert response.status_code == 503 and response["Retry-After"] == "8"
+    settings.CHAT_MAX_DB_WAIT = 0  # off
+    assert client.post(url, {"text": "Anyone there?"}, headers={"HX-Request": "true"}).status_code == 200
 
 
 @pytest.mark.django_db
@@ -143,6 +187,46 @@ def test_a_request_that_gets_no_database_connection_in_time_is_told_to_come_back
         assert "Traceback" not in server.log()
         sim.enqueue(Scenario(tokens=2))
         assert chat.stream(Message.objects.get(status=Status.QUEUED)).names()[-1] == "done"
+    finally:
+        chat.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_while_requests_queue_for_a_stuck_database_a_new_reply_is_refused_at_once(
+    server_factory, user: Any, sim
+) -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the connection pool is PostgreSQL's (psycopg-pool); SQLite has none")
+    # Half the pool's 4 s timeout is CHAT_MAX_DB_WAIT's default: the queue below outlasts it.
+    server = server_factory(DATABASE_POOL_SIZE="1", DATABASE_POOL_TIMEOUT="4")
+    chat = ChatClient(server, user)
+    held, other = chat.conversation(), chat.conversation()
+    outcome: dict[str, httpx.Response] = {}
+    try:
+        sender = threading.Thread(target=lambda: outcome.update(send=chat.send(held, "Held up")))
+        queued = threading.Thread(target=lambda: outcome.update(page=chat.http.get("/chat/")))
+        with connection.cursor() as cursor:
+            cursor.execute("BEGIN")
+            try:
+                cursor.execute("SELECT id FROM chat_conversation WHERE id = %s FOR UPDATE", [held.pk])
+                sender.start()
+                wait_for_lock_wait(cursor)
+                queued.start()  # waits for the pool's one connection, which the send holds
+                time.sleep(0.5)  # a few probes see a queue the pool serves nobody from
+                started = time.monotonic()
+                refused = chat.send(other, "Me too?")
+                waited = time.monotonic() - started
+            finally:
+                cursor.execute("ROLLBACK")
+        sender.join(timeout=20)
+        queued.join(timeout=20)
+        assert refused.status_code == 503, refused.text
+        assert waited < 1, f"refused after {waited:.2f} s: it queued for a connection first"
+        assert "busy with other replies" in refused.text and refused.headers["HX-Retarget"] == "#composer-status"
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert outcome["send"].status_code == 200 and outcome["page"].status_code == 200, "the queue was served"
+        assert "1 requests waiting for a database connection" in server.log()
+        assert Message.objects.filter(conversation=other).count() == 0
     finally:
         chat.close()
 
