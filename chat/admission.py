@@ -59,8 +59,8 @@ class PoolQueue:
 
     The rate is learnt only while requests wait at both ends of a probe, when it is the pool's capacity
     rather than the demand, and afresh for each queue: until a queue has lasted a probe nothing is
-    estimated, so a cold start that briefly queues while the pool opens connections is not refused. A pool that hands out nothing
-    while requests wait (a stuck database) estimates an unbounded wait.
+    estimated, so a cold start that briefly queues while the pool opens connections is not refused.
+    A pool that hands out nothing while requests wait (a stuck database) estimates an unbounded wait.
     """
 
     SMOOTHING = 0.2  # weight of the newest rate sample: about half a second of memory at PROBE_SECONDS
