@@ -197,7 +197,7 @@ def test_while_requests_queue_for_a_stuck_database_a_new_reply_is_refused_at_onc
 ) -> None:
     if connection.vendor != "postgresql":
         pytest.skip("the connection pool is PostgreSQL's (psycopg-pool); SQLite has none")
-    # Half the pool's 4 s timeout is CHAT_MAX_DB_WAIT's default: the queue below outlasts it.
+    # CHAT_MAX_DB_WAIT defaults to the pool's 4 s timeout: a queue the pool serves nobody from outlasts it.
     server = server_factory(DATABASE_POOL_SIZE="1", DATABASE_POOL_TIMEOUT="4")
     chat = ChatClient(server, user)
     held, other = chat.conversation(), chat.conversation()
