@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import io
 import os
 import sys
 from typing import Any
@@ -15,7 +16,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 django_application = get_asgi_application()
 
 from django.conf import settings  # noqa: E402  (configured by the line above)
+from django.core.handlers.asgi import ASGIRequest  # noqa: E402
 
+from chat.admission import refused_at_the_door  # noqa: E402
 from chat.lifecycle import ensure_upkeep, on_worker_start  # noqa: E402  (needs the app registry loaded above)
 from project.middleware import regroup  # noqa: E402
 
@@ -45,6 +48,10 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         # From the first request on (daphne has no start-up hook that runs in the loop): the probes that
         # decide admission must be running before the first send, not from the first stream.
         ensure_upkeep()
+        # Past capacity, a new reply is refused here, before Django's handler: its request_started signal
+        # alone is a hop to a new thread, which waits its turn for the GIL behind every other request's.
+        if scope["method"] == "POST" and (refused := refused_at_the_door(ASGIRequest(scope, io.BytesIO()))):
+            return await _dynamic.send_response(refused, send)
         return await _dynamic(scope, receive, send)
     return await django_application(scope, receive, send)
 
