@@ -159,6 +159,22 @@ async def test_a_silent_upstream_hits_the_idle_timeout(sim: FakeUpstream, transp
     assert time.monotonic() - started < 2
 
 
+async def test_an_upstream_that_sends_headers_and_then_nothing_hits_the_idle_timeout(sim, transport: str) -> None:
+    sim.enqueue(Scenario(ttft=3))
+    started = time.monotonic()
+    with pytest.raises(ProviderError, match=r"sent nothing for 0\.3 seconds"):
+        await collect(adapter("anthropic", sim, idle=0.3))
+    assert time.monotonic() - started < 2
+
+
+async def test_a_slow_upstream_that_never_pauses_for_the_idle_timeout_is_read_to_the_end(sim, transport: str) -> None:
+    # Gaps of 0.2 s for 2 s in all, against an idle limit of 0.35 s: the timer comes due several times
+    # and each time finds a byte has come since.
+    sim.enqueue(Scenario(tokens=10, interval=0.2))
+    text, *_ = summary(await collect(adapter("openai", sim, idle=0.35)))
+    assert text == " ".join(f"tok{i}" for i in range(10))
+
+
 @pytest.mark.parametrize("name", ["openai", "anthropic"])
 async def test_closing_the_stream_closes_the_upstream_request_at_once(sim, name: str, transport: str) -> None:
     sim.enqueue(Scenario(tokens=500, interval=0.01))

@@ -9,7 +9,7 @@ decoded in halves. The field rules (comments, `event:`, `data:`, `id:`, `retry:`
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 from httpx_sse import ServerSentEvent
 from httpx_sse._decoders import SSEDecoder
@@ -47,9 +47,14 @@ class EventStreamDecoder:
         return fields.decode("")
 
 
-async def server_sent_events(chunks: AsyncIterable[bytes]) -> AsyncIterator[ServerSentEvent]:
+async def server_sent_events(
+    chunks: AsyncIterable[bytes], *, on_chunk: Callable[[], None] | None = None
+) -> AsyncIterator[ServerSentEvent]:
+    """The events of a body; `on_chunk` is told of every chunk, events or not (an idle timer's touch)."""
     decoder = EventStreamDecoder()
     async for chunk in chunks:
+        if on_chunk is not None:
+            on_chunk()
         for event in decoder.feed(chunk):
             yield event
     for event in decoder.close():
