@@ -68,14 +68,15 @@ class PoolQueue:
     SMOOTHING = 0.2  # weight of the newest rate sample: about half a second of memory at PROBE_SECONDS
 
     def __init__(self) -> None:
-        self.served: int | None = None  # requests that have left the queue (or never joined it)
+        self.served: int | None = None  # requests given a connection, at once or after waiting
         self.waiting = 0
         self.rate: float | None = None  # connections handed out per second while saturated
 
     def update(self, stats: dict[str, int], *, elapsed: float) -> float:
         """The expected wait in seconds for a request starting now, given the pool's stats `elapsed` s later."""
         waiting = stats.get("requests_waiting", 0)
-        served = stats.get("requests_num", 0) - waiting
+        # A request that timed out left the queue without a connection: it is no measure of capacity.
+        served = stats.get("requests_num", 0) - waiting - stats.get("requests_errors", 0)
         if self.served is not None and waiting and self.waiting and elapsed > 0:
             sample = max(served - self.served, 0) / elapsed
             self.rate = sample if self.rate is None else self.rate + self.SMOOTHING * (sample - self.rate)
@@ -90,10 +91,12 @@ class PoolQueue:
 
 
 REPORT_EVERY = 10.0
+MAX_DB_WAIT = 3600.0
 
 
-async def measure_lag() -> None:
-    """This loop's lag probe, started by lifecycle.ensure_upkeep with the worker's other background work."""
+async def measure_pressure() -> None:
+    """This loop's probe of its lag and of the database pool's queue, started by lifecycle.ensure_upkeep
+    with the worker's other background work."""
     loop = asyncio.get_running_loop()
     pool = database_pool()
     queue = PoolQueue()
@@ -105,7 +108,8 @@ async def measure_lag() -> None:
         Pressure.lag = max(now - asked - PROBE_SECONDS, Pressure.lag * DECAY, 0.0)
         if pool is not None:
             expected = queue.update(pool.get_stats(), elapsed=now - asked)
-            Pressure.db_wait = max(expected, Pressure.db_wait * DECAY)
+            # No queue, no wait; a stuck pool's unbounded estimate is capped so that it can decay.
+            Pressure.db_wait = max(min(expected, MAX_DB_WAIT), Pressure.db_wait * DECAY) if queue.waiting else 0.0
         if (Pressure.lag > 1 or queue.waiting) and now - reported_at >= REPORT_EVERY:
             # What an operator needs to see before users do: a worker running behind.
             reported_at = now
@@ -141,7 +145,7 @@ def refusal() -> Refusal | None:
 
 
 def refuse_when_busy(view: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    """Marks a view that starts a reply: AdmissionMiddleware refuses it past capacity."""
+    """Marks a view that starts a reply: past capacity, project.asgi or admission_middleware refuses it."""
     view.starts_a_reply = True  # type: ignore[attr-defined]
     return view
 

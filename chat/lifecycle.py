@@ -46,7 +46,7 @@ def ensure_upkeep() -> None:
     """Start this loop's background tasks once: the upkeep of live rows and the probe of the loop's lag
     (chat.admission). Called for each request by project.asgi and by the stream, where a loop is running."""
     loop = asyncio.get_running_loop()
-    for name, work in (("streamchat-upkeep", upkeep), ("streamchat-lag", admission.measure_lag)):
+    for name, work in (("streamchat-upkeep", upkeep), ("streamchat-pressure", admission.measure_pressure)):
         task = _loop_tasks.get((loop, name))
         if task is None or task.done():
             _loop_tasks[loop, name] = loop.create_task(work(), name=name)

@@ -29,7 +29,7 @@ def pressure() -> Iterator[type[Pressure]]:
 
 async def test_the_lag_probe_sees_a_blocked_loop_and_lets_go_once_it_runs_freely(settings, pressure) -> None:
     settings.CHAT_MAX_LAG = 0.2
-    probe = asyncio.create_task(admission.measure_lag())
+    probe = asyncio.create_task(admission.measure_pressure())
     try:
         await asyncio.sleep(0.35)
         assert admission.refusal() is None, f"an idle loop lags {pressure.lag:.3f} s"
@@ -71,6 +71,13 @@ def test_the_pool_queue_estimate_learns_the_rate_only_while_requests_wait() -> N
     assert stats(num=2000, waiting=0) == 0 and queue.rate is None
     assert stats(num=2010, waiting=5) == 0
     assert stats(num=2060, waiting=5) == pytest.approx(5 / 500)
+
+    # Requests that time out leave the queue too, but with nothing: they are no measure of capacity.
+    timing_out = admission.PoolQueue()
+    timing_out.update({"requests_num": 100, "requests_waiting": 50, "requests_errors": 0}, elapsed=0.1)
+    # 0.1 s later: 40 timed out, 10 got a connection, 10 new ones wait.
+    wait = timing_out.update({"requests_num": 110, "requests_waiting": 10, "requests_errors": 40}, elapsed=0.1)
+    assert timing_out.rate == pytest.approx(100) and wait == pytest.approx(0.1)
 
 
 @pytest.mark.django_db
