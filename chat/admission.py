@@ -176,6 +176,11 @@ def admission_middleware(get_response: Callable) -> Callable:
 def refused_at_the_door(request: HttpRequest) -> HttpResponse | None:
     if request.method != "POST" or (refused := refusal()) is None:
         return None
+    return refused_reply(request, refused)
+
+
+def refused_reply(request: HttpRequest, refused: Refusal) -> HttpResponse | None:
+    """The busy answer if this request is for a view that starts a reply, else None (let it through)."""
     try:
         view = resolve(request.path_info).func
     except Resolver404:

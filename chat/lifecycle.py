@@ -44,7 +44,7 @@ def on_worker_start() -> None:
 
 def ensure_upkeep() -> None:
     """Start this loop's background tasks once: the upkeep of live rows and the probe of the loop's lag
-    (chat.admission). Called for each request by project.asgi and by the stream, where a loop is running."""
+    (chat.admission). Called for each request by project.asgi, where the loop is running."""
     loop = asyncio.get_running_loop()
     for name, work in (("streamchat-upkeep", upkeep), ("streamchat-pressure", admission.measure_pressure)):
         task = _loop_tasks.get((loop, name))

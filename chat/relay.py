@@ -10,7 +10,7 @@ from django.template.loader import render_to_string
 from django.utils.html import escape, format_html
 from django.utils.safestring import mark_safe
 
-from chat import lifecycle, sse, streaming
+from chat import sse, streaming
 from chat.live import TEXT, THINKING, LiveReply
 from chat.models import Message, Status
 from chat.rendering import LiveMarkdown
@@ -21,7 +21,6 @@ async def reply_events(reply: Message, *, last_event_id: str | None) -> AsyncIte
     # A short retry: after a dropped connection or a worker's shutdown the browser's EventSource
     # comes back within a second, with Last-Event-ID, and resumes where it was.
     yield sse.comment("stream open") + sse.retry(1000)
-    lifecycle.ensure_upkeep()
     if not reply.is_finished:
         current = await streaming.start_or_join(reply)
         if current is not None:

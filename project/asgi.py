@@ -18,7 +18,7 @@ django_application = get_asgi_application()
 from django.conf import settings  # noqa: E402  (configured by the line above)
 from django.core.handlers.asgi import ASGIRequest  # noqa: E402
 
-from chat.admission import refused_at_the_door  # noqa: E402
+from chat.admission import refusal, refused_reply  # noqa: E402
 from chat.lifecycle import ensure_upkeep, on_worker_start  # noqa: E402  (needs the app registry loaded above)
 from project.middleware import regroup  # noqa: E402
 
@@ -50,8 +50,10 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         ensure_upkeep()
         # Past capacity, a new reply is refused here, before Django's handler: its request_started signal
         # alone is a hop to a new thread, which waits its turn for the GIL behind every other request's.
-        if scope["method"] == "POST" and (refused := refused_at_the_door(ASGIRequest(scope, io.BytesIO()))):
-            return await _dynamic.send_response(refused, send)
+        # The request is built only when the worker is full, not for every POST.
+        if scope["method"] == "POST" and (refused := refusal()) is not None:
+            if (busy := refused_reply(ASGIRequest(scope, io.BytesIO()), refused)) is not None:
+                return await _dynamic.send_response(busy, send)
         return await _dynamic(scope, receive, send)
     return await django_application(scope, receive, send)
 

@@ -81,38 +81,25 @@ def test_the_pool_queue_estimate_learns_the_rate_only_while_requests_wait() -> N
 
 
 @pytest.mark.django_db
-def test_a_send_while_the_database_queue_is_long_is_refused_before_it_joins_it(
-    settings, pressure, django_user_model, django_assert_num_queries
+@pytest.mark.parametrize(
+    ("limit", "signal", "late", "retry_after"),
+    [("CHAT_MAX_LAG", "lag", 3.4, "4"), ("CHAT_MAX_DB_WAIT", "db_wait", 7.2, "8")],
+    ids=["lagging loop", "long database queue"],
+)
+def test_a_send_to_a_full_worker_is_refused_before_the_database_is_touched(
+    settings, pressure, django_user_model, django_assert_num_queries, limit, signal, late, retry_after
 ) -> None:
-    settings.CHAT_MAX_DB_WAIT = 5.0
-    user = django_user_model.objects.create_user(username="queued", password="a-long-test-password")
-    conversation = Conversation.objects.create(user=user, model="openai:gpt-4o-mini")
-    client = Client()
-    client.force_login(user)
-    pressure.db_wait = 7.2
-    url = f"/chat/{conversation.pk}/messages/"
-    with django_assert_num_queries(0):
-        response = client.post(url, {"text": "Anyone there?"}, headers={"HX-Request": "true"})
-    assert response.status_code == 503 and response["Retry-After"] == "8"
-    settings.CHAT_MAX_DB_WAIT = 0  # off
-    assert client.post(url, {"text": "Anyone there?"}, headers={"HX-Request": "true"}).status_code == 200
-
-
-@pytest.mark.django_db
-def test_a_send_to_a_lagging_worker_is_refused_before_the_database_is_touched(
-    settings, pressure, django_user_model, django_assert_num_queries
-) -> None:
-    settings.CHAT_MAX_LAG = 1.0
+    setattr(settings, limit, 1.0)
     user = django_user_model.objects.create_user(username="busy", password="a-long-test-password")
     conversation = Conversation.objects.create(user=user, model="openai:gpt-4o-mini")
     client = Client()
     client.force_login(user)
-    pressure.lag = 3.4
+    setattr(pressure, signal, late)
     url = f"/chat/{conversation.pk}/messages/"
     with django_assert_num_queries(0):  # not even the session: no wait for a connection either
         response = client.post(url, {"text": "Anyone there?"}, headers={"HX-Request": "true"})
     assert response.status_code == 503
-    assert response["Retry-After"] == "4"
+    assert response["Retry-After"] == retry_after
     # Said next to the composer, which is not replaced and so keeps the typed text.
     assert response["HX-Retarget"] == "#composer-status"
     assert "busy with other replies" in response.content.decode()
@@ -120,14 +107,16 @@ def test_a_send_to_a_lagging_worker_is_refused_before_the_database_is_touched(
 
     with django_assert_num_queries(0):
         response = client.post("/chat/new/", {"text": "A new chat then?"})
-    assert response.status_code == 503 and response["Retry-After"] == "4"
-    assert "Try again in 4 s" in response.content.decode()
+    assert response.status_code == 503 and response["Retry-After"] == retry_after
+    assert f"Try again in {retry_after} s" in response.content.decode()
     assert Conversation.objects.count() == 1, "a refused first message starts no conversation"
 
-    pressure.lag = 0.5  # under the threshold: the same send goes through
-    response = client.post(url, {"text": "Anyone there?"}, headers={"HX-Request": "true"})
-    assert response.status_code == 200
-    assert Message.objects.filter(status=Status.QUEUED).count() == 1
+    setattr(pressure, signal, 0.5)  # under the threshold: the same send goes through
+    assert client.post(url, {"text": "Anyone there?"}, headers={"HX-Request": "true"}).status_code == 200
+    setattr(pressure, signal, late)
+    setattr(settings, limit, 0)  # the signal switched off: it goes through however late
+    assert client.post(url, {"text": "Anyone there?"}, headers={"HX-Request": "true"}).status_code == 200
+    assert Message.objects.filter(status=Status.QUEUED).count() == 2
 
 
 @pytest.mark.django_db(transaction=True)

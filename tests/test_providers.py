@@ -151,19 +151,16 @@ async def test_a_malformed_line_is_an_error_not_a_crash(sim: FakeUpstream, trans
         await collect(adapter("openai", sim))
 
 
-async def test_a_silent_upstream_hits_the_idle_timeout(sim: FakeUpstream, transport: str) -> None:
-    sim.enqueue(Scenario(silent_after=1))
+@pytest.mark.parametrize(
+    ("name", "scenario"),
+    [("openai", Scenario(silent_after=1)), ("anthropic", Scenario(ttft=3))],
+    ids=["silent after a token", "headers and then nothing"],
+)
+async def test_a_silent_upstream_hits_the_idle_timeout(sim, name: str, scenario: Scenario, transport: str) -> None:
+    sim.enqueue(scenario)
     started = time.monotonic()
     with pytest.raises(ProviderError, match=r"sent nothing for 0\.3 seconds"):
-        await collect(adapter("openai", sim, idle=0.3))
-    assert time.monotonic() - started < 2
-
-
-async def test_an_upstream_that_sends_headers_and_then_nothing_hits_the_idle_timeout(sim, transport: str) -> None:
-    sim.enqueue(Scenario(ttft=3))
-    started = time.monotonic()
-    with pytest.raises(ProviderError, match=r"sent nothing for 0\.3 seconds"):
-        await collect(adapter("anthropic", sim, idle=0.3))
+        await collect(adapter(name, sim, idle=0.3))
     assert time.monotonic() - started < 2
 
 
