@@ -11,6 +11,7 @@ owner wherever the POST landed. With no answer the owner is gone, and the mirror
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from typing import Any
@@ -49,7 +50,9 @@ class Hub:
 
     async def start(self) -> None:
         self.channel = await self.layer.new_channel("streamchat.")
-        self.tasks = [asyncio.create_task(self._receive()), asyncio.create_task(self._send())]
+        # Their own context, not the first request's: they outlive it, and so do the tasks they start.
+        work = (self._receive(), self._send())
+        self.tasks = [asyncio.create_task(coroutine, context=contextvars.Context()) for coroutine in work]
 
     def post(self, *, to: str, message: dict[str, Any], group: bool = False) -> None:
         self.outbox.put_nowait(("group" if group else "channel", to, message))
@@ -130,7 +133,8 @@ class Mirror(LiveReply):
     def start(self) -> None:
         live.mirrors[self.reply.pk] = self
         self._ask(start=0)
-        self.task = asyncio.create_task(self._keep())
+        # It may outlive the request that started it (project/threads.py: that request's thread is gone).
+        self.task = asyncio.create_task(self._keep(), context=contextvars.Context())
 
     def _ask(self, *, start: int) -> None:
         self.hub.post(

@@ -330,21 +330,25 @@ async def drain(*, grace: float) -> None:
 
 async def release_request_thread() -> None:
     """A stream's request now only waits for parts, for minutes: give back its database connection and
-    the thread Django's ASGI handler keeps for its sync work (asgiref starts one per request).
+    the thread that runs its sync work.
 
     Measured (bench/RESULTS.md): with both held, PostgreSQL's default 100 connections ran out at C=100,
     and 200 open streams kept 205 threads (28 without). Later sync work in this request (its
-    request_finished signal) simply gets a new thread, as a request's first sync call does.
+    request_finished signal) gets a thread again, as a request's first sync call does.
     """
     await sync_to_async(close_old_connections)()
-    # asgiref keeps the per-request executor in a class-level map; without it (another asgiref), keep the thread.
+    # asgiref keeps each context's executor in a class-level map; without it (another asgiref), keep the thread.
     context_var = getattr(SyncToAsync, "thread_sensitive_context", None)
     executors = getattr(SyncToAsync, "context_to_thread_executor", None)
     context = context_var.get(None) if context_var is not None else None
-    if context is None or executors is None or getattr(context, "_executor", None) is not None:
-        return  # no per-request thread, or one its owner manages
-    executor = executors.pop(context, None)
-    if executor is not None:
+    if context is None or executors is None:
+        return
+    executor = executors.get(context)
+    if (release := getattr(executor, "release", None)) is not None:
+        release()  # a project.threads.RequestExecutor: the thread goes back to the pool for the next request
+    elif executor is not None and getattr(context, "_executor", None) is None:
+        # The thread asgiref started for this request alone (Django's handler without project.asgi).
+        del executors[context]
         executor.shutdown(wait=False)  # idle now: its thread ends at once
 
 

@@ -15,12 +15,14 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
 # Serves /static/ (WhiteNoise is in MIDDLEWARE) and is what `django_application` names.
 django_application = get_asgi_application()
 
+from asgiref.sync import ThreadSensitiveContext  # noqa: E402
 from django.conf import settings  # noqa: E402  (configured by the line above)
 from django.core.handlers.asgi import ASGIRequest  # noqa: E402
 
 from chat.admission import refusal, refused_reply  # noqa: E402
 from chat.lifecycle import ensure_upkeep, on_worker_start  # noqa: E402  (needs the app registry loaded above)
 from project.middleware import regroup  # noqa: E402
+from project.threads import RequestExecutor, ThreadPool  # noqa: E402
 
 WHITENOISE = "whitenoise.middleware.WhiteNoiseMiddleware"
 
@@ -40,6 +42,8 @@ def application_with(middleware: list[str]) -> Any:
 # every other path goes to an app without it, whose Django middleware run in one thread hop per request
 # half rather than two per middleware (project/middleware.py).
 _dynamic = application_with(regroup([name for name in settings.MIDDLEWARE if name != WHITENOISE]))
+# Idle request threads kept for the next requests: about as many as can use the database at once.
+_threads = ThreadPool(keep=max(settings.DATABASE_POOL_SIZE, 8))
 _static_prefix = "/" + settings.STATIC_URL.lstrip("/") if not settings.STATIC_URL.startswith("http") else "\0"
 
 
@@ -54,7 +58,14 @@ async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["method"] == "POST" and (refused := refusal()) is not None:
             if (busy := refused_reply(ASGIRequest(scope, io.BytesIO()), refused)) is not None:
                 return await _dynamic.send_response(busy, send)
-        return await _dynamic(scope, receive, send)
+        # A pooled thread for this request's sync work (project/threads.py); Django's handler finds this
+        # context already set and keeps it.
+        executor = RequestExecutor(_threads)
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                return await _dynamic(scope, receive, send)
+        finally:
+            executor.release()
     return await django_application(scope, receive, send)
 
 

@@ -1,0 +1,70 @@
+"""Request threads that outlive their request, as a WSGI server's do.
+
+Under ASGI, Django's handler gives each request a ThreadSensitiveContext, and asgiref starts a new
+thread for the first sync call in it (the request_started signal, at the latest) and a second one to
+join the first when the request ends. Each new thread also builds a new DatabaseWrapper for its
+thread-local connection, and every one of those, with its thread, is cyclic garbage once the request
+is over. Measured (README, Decisions): about five thread starts a reply, and at C=100 a third of the
+relay's memory per stream was that garbage waiting for the collector.
+
+Here a request's sync work goes to a thread leased from a pool at its first sync call and given back
+when the request ends, or earlier when it has nothing more for the database (a stream, after its
+claim). A thread keeps its DatabaseWrapper from request to request; its connection still goes back
+to the pool at every request's end (request_finished, CONN_MAX_AGE=0), as under WSGI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from typing import Any
+
+
+class ThreadPool:
+    """Idle single-thread executors, at most `keep` of them."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.idle: list[ThreadPoolExecutor] = []
+        self.started = 0  # threads made, for tests and the benchmark's curiosity
+
+    def lease(self) -> ThreadPoolExecutor:
+        try:
+            return self.idle.pop()  # atomic: two loops (two test servers in one process) may share the pool
+        except IndexError:
+            pass
+        self.started += 1
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+
+    def give_back(self, executor: ThreadPoolExecutor, *, busy: bool) -> None:
+        # A thread still running a cancelled request's call would hold up the next request behind it.
+        if busy or len(self.idle) >= self.keep:
+            executor.shutdown(wait=False)
+        else:
+            self.idle.append(executor)
+
+
+class RequestExecutor(Executor):
+    """One request's thread-sensitive work: one pooled thread from the first call until release()."""
+
+    def __init__(self, pool: ThreadPool) -> None:
+        self.pool = pool
+        self.leased: ThreadPoolExecutor | None = None
+        self.last: Future[Any] | None = None
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        if self.leased is None:
+            self.leased = self.pool.lease()
+        self.last = self.leased.submit(fn, *args, **kwargs)
+        return self.last
+
+    def release(self) -> None:
+        """Give the thread back; a later call leases one again (any one: call this only when the
+        thread holds nothing the request still needs, such as an open transaction)."""
+        leased, last, self.leased, self.last = self.leased, self.last, None, None
+        if leased is not None:
+            # One thread runs the calls in order, so the last one done means all are.
+            self.pool.give_back(leased, busy=last is not None and not last.done())
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.release()
