@@ -3,9 +3,8 @@
 Under ASGI, Django's handler gives each request a ThreadSensitiveContext, and asgiref starts a new
 thread for the first sync call in it (the request_started signal, at the latest) and a second one to
 join the first when the request ends. Each new thread also builds a new DatabaseWrapper for its
-thread-local connection, and every one of those, with its thread, is cyclic garbage once the request
-is over. Measured (README, Decisions): about five thread starts a reply, and at C=100 a third of the
-relay's memory per stream was that garbage waiting for the collector.
+thread-local connection, which with the thread is cyclic garbage once the request is over. Measured
+(README, Decisions): three thread starts a reply, and 0.84 of the CPU per upstream event at C=100.
 
 Here a request's sync work goes to a thread leased from a pool at its first sync call and given back
 when the request ends, or earlier when it has nothing more for the database (a stream, after its
