@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,6 +17,23 @@ TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 # The relay gets a core of its own; the simulator and the load generator share the other.
 SERVER_CORE, LOAD_CORE = "0", "1"
+
+
+def measure_checkout(
+    script: Path, app_dir: Path, args: list[str], env: dict[str, str], *, wrapper: Sequence[str] = ()
+) -> dict[str, float]:
+    """Runs a bench module as a script against app_dir's code (its chat and project), on the relay's core,
+    and returns the last JSON line it prints: how bench.send and bench.reply weigh one checkout."""
+    argv = [*wrapper, "taskset", "-c", SERVER_CORE, sys.executable, str(script), *args]
+    full_env = {**os.environ, **env, "PYTHONPATH": str(app_dir)}
+    out = subprocess.run(argv, cwd=app_dir, env=full_env, check=True, capture_output=True, text=True)
+    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+
+
+def alternated(checkouts: list[Path], rounds: int) -> Iterator[Path]:
+    """Every checkout once a round, in reverse order every other round, so the machine's drift hits all alike."""
+    for number in range(rounds):
+        yield from (checkouts if number % 2 == 0 else reversed(checkouts))
 
 
 def free_port() -> int:

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -106,22 +105,10 @@ def measure(replies: int) -> dict[str, float]:
     return {"reply_us": cpu / replies * 1e6}
 
 
-def run_checkout(app_dir: Path, replies: int, core: str, sim_url: str, profile: str = "") -> dict[str, float]:
-    # This file, run as a script, measures the app (chat, project) of app_dir.
-    env = {**os.environ, **ENV, "PYTHONPATH": str(app_dir), "OPENAI_BASE_URL": f"{sim_url}/v1"}
-    argv = ["taskset", "-c", core, sys.executable, str(HERE), "--measure", str(replies)]
-    if profile:  # py-spy samples every thread, the sync work's too, for the whole run (the warm-up is short)
-        py_spy = Path(sys.executable).with_name("py-spy")
-        argv = [str(py_spy), "record", "--gil", "--rate", "500", "--format", "raw", "--output", profile, "--", *argv]
-    out = subprocess.run(
-        argv,
-        cwd=app_dir,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
+def py_spy(profile: Path) -> list[str]:
+    """py-spy samples every thread, the sync work's too, for the whole run (the warm-up is short)."""
+    command = Path(sys.executable).with_name("py-spy")
+    return [str(command), "record", "--gil", "--rate", "500", "--format", "raw", "--output", str(profile), "--"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -145,14 +132,14 @@ def main(argv: list[str] | None = None) -> None:
         tokens=args.tokens, interval=args.interval / 1000, ttft=0, log=procs.ROOT / "bench/out/logs/sim-reply.log"
     )
     results: dict[Path, list[float]] = {c: [] for c in checkouts}
+    env, measure_args = {**ENV, "OPENAI_BASE_URL": f"{sim_url}/v1"}, ["--measure", str(args.replies)]
     try:
-        for round_number in range(args.rounds):
-            for checkout in checkouts if round_number % 2 == 0 else reversed(checkouts):
-                measured = run_checkout(checkout, args.replies, procs.SERVER_CORE, sim_url)
-                results[checkout].append(measured["reply_us"] / 1000)
+        for checkout in procs.alternated(checkouts, args.rounds):
+            measured = procs.measure_checkout(HERE, checkout, measure_args, env)
+            results[checkout].append(measured["reply_us"] / 1000)
         if args.profile:
             out = procs.ROOT / "bench/out/profile-reply.txt"
-            run_checkout(procs.ROOT, args.replies, procs.SERVER_CORE, sim_url, profile=str(out))
+            procs.measure_checkout(HERE, procs.ROOT, measure_args, env, wrapper=py_spy(out))
             print(f"py-spy's stacks: {out}")
     finally:
         sim.stop()

@@ -14,8 +14,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -83,20 +81,6 @@ def measure(requests: int, history: int = 0) -> dict[str, float]:
     }
 
 
-def run_checkout(app_dir: Path, requests: int, core: str, history: int = 0) -> dict[str, float]:
-    # This file, run as a script, measures the app (chat, project) of app_dir.
-    env = {**os.environ, **ENV, "PYTHONPATH": str(app_dir)}
-    out = subprocess.run(
-        ["taskset", "-c", core, sys.executable, str(HERE), "--measure", str(requests), "--history", str(history)],
-        cwd=app_dir,
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.send", description=__doc__)
     parser.add_argument("--app-dir", action="append", default=[], help="another checkout to measure (repeatable)")
@@ -113,9 +97,9 @@ def main(argv: list[str] | None = None) -> None:
     checkouts = [procs.ROOT, *(Path(d).resolve() for d in args.app_dir)]
     database.recreate(database.POSTGRES_URL, {**os.environ, **ENV})
     results: dict[Path, list[dict[str, float]]] = {c: [] for c in checkouts}
-    for round_number in range(args.rounds):
-        for checkout in checkouts if round_number % 2 == 0 else reversed(checkouts):
-            results[checkout].append(run_checkout(checkout, args.requests, procs.SERVER_CORE, args.history))
+    measure_args = ["--measure", str(args.requests), "--history", str(args.history)]
+    for checkout in procs.alternated(checkouts, args.rounds):
+        results[checkout].append(procs.measure_checkout(HERE, checkout, measure_args, ENV))
     print(
         f"CPU per call, median of {args.rounds} rounds of {args.requests} (every round in brackets), "
         f"for a user with {args.history} other conversations:"

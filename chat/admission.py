@@ -152,8 +152,8 @@ def refuse_when_busy(view: Callable[..., HttpResponseBase]) -> Callable[..., Htt
 
 @sync_and_async_middleware
 def admission_middleware(get_response: Callable) -> Callable:
-    """Refuses a POST to a view marked by refuse_when_busy when the worker is full, before any other
-    middleware: on the event loop, so the answer does not wait for a thread among hundreds contending for
+    """Refuses a POST to a view marked by refuse_when_busy when the worker is full, before every middleware
+    but the CSP header's: on the event loop, so the answer does not wait for a thread among hundreds contending for
     the GIL, and before the session, the user or anything else has touched the database.
 
     Under daphne project.asgi makes the same check before Django's handler, whose request_started signal

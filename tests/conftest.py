@@ -58,6 +58,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def skip_without_connection_pool() -> None:
+    if connection.vendor != "postgresql":
+        pytest.skip("the connection pool is PostgreSQL's (psycopg-pool); SQLite has none")
+
+
 def database_url() -> str:
     """The test database pytest-django made, as a URL the server subprocess can open."""
     conf = connection.settings_dict

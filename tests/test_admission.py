@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -16,7 +17,7 @@ from django.test import Client
 from chat import admission
 from chat.admission import Pressure
 from chat.models import Conversation, Message, Status
-from tests.conftest import ChatClient, wait_for_status
+from tests.conftest import ChatClient, skip_without_connection_pool, wait_for_status
 from tests.fake_upstream import Scenario
 
 
@@ -154,27 +155,16 @@ def test_a_worker_at_its_stream_cap_refuses_new_replies_but_finishes_the_ones_it
 def test_a_request_that_gets_no_database_connection_in_time_is_told_to_come_back(
     server_factory, user: Any, sim
 ) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("the connection pool is PostgreSQL's (psycopg-pool); SQLite has none")
+    skip_without_connection_pool()
     server = server_factory(DATABASE_POOL_SIZE="1", DATABASE_POOL_TIMEOUT="0.5")
     chat = ChatClient(server, user)
     conversation = chat.conversation()
     outcome: dict[str, httpx.Response] = {}
     try:
-        sender = threading.Thread(target=lambda: outcome.update(send=chat.send(conversation, "Held up")))
-        with connection.cursor() as cursor:
-            cursor.execute("BEGIN")
-            try:
-                # The send's UPDATE of this row now waits, holding the pool's one connection.
-                cursor.execute("SELECT id FROM chat_conversation WHERE id = %s FOR UPDATE", [conversation.pk])
-                sender.start()
-                wait_for_lock_wait(cursor)
-                started = time.monotonic()
-                busy = chat.http.get("/chat/")
-                waited = time.monotonic() - started
-            finally:
-                cursor.execute("ROLLBACK")
-        sender.join(timeout=20)
+        with send_held_by_a_row_lock(chat, conversation, outcome):
+            started = time.monotonic()
+            busy = chat.http.get("/chat/")
+            waited = time.monotonic() - started
         assert busy.status_code == 503, busy.text
         assert busy.headers["Retry-After"] == "5" and "busy" in busy.text
         assert 0.4 < waited < 5, f"answered after {waited:.2f} s"
@@ -191,30 +181,20 @@ def test_a_request_that_gets_no_database_connection_in_time_is_told_to_come_back
 def test_while_requests_queue_for_a_stuck_database_a_new_reply_is_refused_at_once(
     server_factory, user: Any, sim
 ) -> None:
-    if connection.vendor != "postgresql":
-        pytest.skip("the connection pool is PostgreSQL's (psycopg-pool); SQLite has none")
+    skip_without_connection_pool()
     # CHAT_MAX_DB_WAIT defaults to the pool's 4 s timeout: a queue the pool serves nobody from outlasts it.
     server = server_factory(DATABASE_POOL_SIZE="1", DATABASE_POOL_TIMEOUT="4")
     chat = ChatClient(server, user)
     held, other = chat.conversation(), chat.conversation()
     outcome: dict[str, httpx.Response] = {}
     try:
-        sender = threading.Thread(target=lambda: outcome.update(send=chat.send(held, "Held up")))
         queued = threading.Thread(target=lambda: outcome.update(page=chat.http.get("/chat/")))
-        with connection.cursor() as cursor:
-            cursor.execute("BEGIN")
-            try:
-                cursor.execute("SELECT id FROM chat_conversation WHERE id = %s FOR UPDATE", [held.pk])
-                sender.start()
-                wait_for_lock_wait(cursor)
-                queued.start()  # waits for the pool's one connection, which the send holds
-                time.sleep(0.5)  # a few probes see a queue the pool serves nobody from
-                started = time.monotonic()
-                refused = chat.send(other, "Me too?")
-                waited = time.monotonic() - started
-            finally:
-                cursor.execute("ROLLBACK")
-        sender.join(timeout=20)
+        with send_held_by_a_row_lock(chat, held, outcome):
+            queued.start()  # waits for the pool's one connection, which the send holds
+            time.sleep(0.5)  # a few probes see a queue the pool serves nobody from
+            started = time.monotonic()
+            refused = chat.send(other, "Me too?")
+            waited = time.monotonic() - started
         queued.join(timeout=20)
         assert refused.status_code == 503, refused.text
         assert waited < 1, f"refused after {waited:.2f} s: it queued for a connection first"
@@ -225,6 +205,24 @@ def test_while_requests_queue_for_a_stuck_database_a_new_reply_is_refused_at_onc
         assert Message.objects.filter(conversation=other).count() == 0
     finally:
         chat.close()
+
+
+@contextmanager
+def send_held_by_a_row_lock(chat: ChatClient, conversation: Conversation, outcome: dict) -> Iterator[None]:
+    """While the block runs, a send to `conversation` (in a thread; its response lands in outcome["send"])
+    waits for a row lock this test holds, and so holds one of the pool's connections."""
+    sender = threading.Thread(target=lambda: outcome.update(send=chat.send(conversation, "Held up")))
+    with connection.cursor() as cursor:
+        cursor.execute("BEGIN")
+        try:
+            # The send's UPDATE of this row waits for the lock, holding its connection.
+            cursor.execute("SELECT id FROM chat_conversation WHERE id = %s FOR UPDATE", [conversation.pk])
+            sender.start()
+            wait_for_lock_wait(cursor)
+            yield
+        finally:
+            cursor.execute("ROLLBACK")
+    sender.join(timeout=20)
 
 
 def wait_for_lock_wait(cursor: Any, timeout: float = 10) -> None:

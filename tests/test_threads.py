@@ -9,10 +9,9 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
-from django.db import connection
 
 from project.threads import RequestExecutor, ThreadPool
-from tests.conftest import ChatClient
+from tests.conftest import ChatClient, skip_without_connection_pool
 from tests.fake_upstream import Scenario
 
 
@@ -138,8 +137,7 @@ def test_replies_in_a_row_start_no_new_threads_in_the_server(server_factory: Any
 def test_open_streams_hold_no_database_connection(server_factory: Any, user: Any, sim: Any) -> None:
     """A stream gives its pooled thread and its connection back after the claim: more streams than the
     database pool has connections all run at once."""
-    if connection.vendor != "postgresql":
-        pytest.skip("the connection pool is PostgreSQL's (psycopg-pool); SQLite has none")
+    skip_without_connection_pool()
     server = server_factory(DATABASE_POOL_SIZE="2", DATABASE_POOL_TIMEOUT="3", CHAT_MAX_CONCURRENT_REPLIES="0")
     chat = ChatClient(server, user)
     replies = [chat.ask(chat.conversation(), f"question {i}") for i in range(5)]
