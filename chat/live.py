@@ -24,6 +24,8 @@ class LiveReply:
         self.notice = ""
         self.watchers: set[asyncio.Event] = set()
         self.finished = False
+        self._held: asyncio.Event | None = None
+        self._hold_timer: asyncio.TimerHandle | None = None
 
     @property
     def version(self) -> int:
@@ -57,6 +59,21 @@ class LiveReply:
     def detach(self, waker: asyncio.Event) -> None:
         self.watchers.discard(waker)
         self.watchers_changed()
+
+    def hold(self, seconds: float) -> None:
+        """Count as watched for up to `seconds` before anyone watches: the request that claims a reply
+        starts it before its response exists, and that response may never be read."""
+        self._held = self.attach()
+        self._hold_timer = asyncio.get_running_loop().call_later(seconds, self.release_hold)
+
+    def release_hold(self) -> None:
+        """A watcher has attached, or the response that was to watch is gone."""
+        if self._hold_timer is not None:
+            self._hold_timer.cancel()  # and lets go of this reply now, not when the timer would have run
+            self._hold_timer = None
+        if self._held is not None:
+            held, self._held = self._held, None
+            self.detach(held)
 
     async def ready(self) -> None:
         """Return once the parts are the owner's (a follower first waits for the owner's answer)."""

@@ -16,17 +16,22 @@ from chat.models import Message, Status
 from chat.rendering import LiveMarkdown
 
 
-async def reply_events(reply: Message, *, last_event_id: str | None) -> AsyncIterator[str]:
-    # daphne sends no headers until the first body byte, and a router may be counting idle seconds.
-    # A short retry: after a dropped connection or a worker's shutdown the browser's EventSource
-    # comes back within a second, with Last-Event-ID, and resumes where it was.
-    yield sse.comment("stream open") + sse.retry(1000)
-    if not reply.is_finished:
-        current = await streaming.start_or_join(reply)
+async def reply_events(opened: streaming.Opened, *, last_event_id: str | None) -> AsyncIterator[str]:
+    reply, current = opened.reply, opened.live
+    streaming.give_back_request_thread()  # the middleware's response half has run: no sync work until the end
+    try:
+        # daphne sends no headers until the first body byte, and a router may be counting idle seconds.
+        # A short retry: after a dropped connection or a worker's shutdown the browser's EventSource
+        # comes back within a second, with Last-Event-ID, and resumes where it was.
+        yield sse.comment("stream open") + sse.retry(1000)
         if current is not None:
             async for chunk in watch(current, resume_from=parse_event_id(last_event_id)):
                 yield chunk
             return
+    finally:
+        if current is not None:
+            current.release_hold()  # gone before watching: the claim's hold ends now, not in HOLD_SECONDS
+    if not reply.is_finished:
         reply = await Message.objects.aget(pk=reply.pk)
         if not reply.is_finished:
             # This worker is shutting down and claims nothing new: reconnect, to another worker.
@@ -43,6 +48,7 @@ FRAME_SECONDS = 1 / 30
 async def watch(generation: LiveReply, *, resume_from: int) -> AsyncIterator[str]:
     """Live deltas of a reply written here or followed from another process, then its final events."""
     waker = generation.attach()
+    generation.release_hold()  # watched now: the claim's hold (streaming.open_reply) is over
     try:
         await generation.ready()
     except BaseException:  # the browser left while we waited for the owner

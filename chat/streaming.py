@@ -6,8 +6,9 @@ import asyncio
 import contextvars
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
@@ -48,6 +49,7 @@ class Generation(LiveReply):
         self.prompt = prompt
         self.remote = fanout.Subscribers()
         self.task: asyncio.Task[None] | None = None
+        self.running = False
         self.stop_reason_requested = ""
         self.usage: Usage | None = None
         self.stop_reason = ""
@@ -63,7 +65,10 @@ class Generation(LiveReply):
         """Cancel the upstream request now; the reply is stored with what it has."""
         if self.task and not self.task.done() and not self.stop_reason_requested:
             self.stop_reason_requested = reason
-            self.task.cancel()
+            # A task cancelled before its first step never runs a line of run(), and its row would stay
+            # `streaming`: run() checks the reason when it starts instead.
+            if self.running:
+                self.task.cancel()
 
     def _publish(self, kind: int, text: str) -> None:
         if self.first_token_at is None:
@@ -121,8 +126,11 @@ class Generation(LiveReply):
             self.remote.flush(self.hub, self)
 
     async def run(self) -> None:
+        self.running = True
         status, error = Status.COMPLETED, ""
         try:
+            if self.stop_reason_requested:  # stopped before it started: its only watcher left at once
+                raise asyncio.CancelledError
             async with asyncio.timeout(settings.CHAT_MAX_DURATION):
                 await self._generate()
         except ProviderError as exc:
@@ -215,6 +223,7 @@ class Generation(LiveReply):
             for timer in (self._flush_timer, self._unwatched_timer):
                 if timer:
                     timer.cancel()
+            self.release_hold()
             self.remote.finished(self.hub, self)
             self.wake()
             await self.hub.leave(self.reply.pk)
@@ -248,33 +257,82 @@ def live_ids() -> list[int]:
     return list(live.owned)
 
 
-async def start_or_join(reply: Message) -> LiveReply | None:
-    """What a browser connection should watch for this reply, starting it if it is still queued.
+# A stream that claimed its reply holds it watched until its response starts reading it, or for this long
+# should the response never be read (the browser gone before the first byte, an error response instead).
+HOLD_SECONDS = 10.0
 
-    The claim is a conditional UPDATE, so of two concurrent requests exactly one starts the
-    upstream call; the other joins it here, or follows it from another process. None means the
-    reply is finished (read the row) or that this worker is shutting down and claims nothing new.
+
+@dataclass(frozen=True)
+class Opened:
+    """What a stream request found: its reply, and what its response should watch."""
+
+    reply: Message
+    live: LiveReply | None = None  # None: the reply is finished (read the row), or this worker is shutting down
+
+
+async def open_reply(message_id: int, *, lookup: Callable[[], Message | None]) -> Opened | None:
+    """Look the reply up with `lookup` (the request's session, user and ownership check: Http404 if it
+    is not the user's, None if nobody is logged in) and, if it is queued, claim it and start it, with one
+    thread hop for all of it, which gives back the request's database connection if the reply is live.
+
+    Each hop, and each query in it, waits its turn behind a busy event loop before the upstream request
+    can start (measured in the README: about 1 ms a query at C=100), so they are as few as can be. The
+    claim is a conditional UPDATE: of two concurrent requests exactly one starts the upstream call, and
+    the other joins it here, or follows it from another process.
     """
-    try:
-        return await _start_or_join(reply)
-    finally:
-        await release_request_thread()
-
-
-async def _start_or_join(reply: Message) -> LiveReply | None:
     hub = await fanout.hub()
-    # No await from this lookup to _claim's registering, so of two requests here only one claims.
+    # No await from this check to registering the claim, so of two requests here only one claims.
+    claiming = not Shutdown.requested and live.here(message_id) is None and message_id not in live.claiming
+    claim: asyncio.Future[None] | None = None
+    started = None
+    try:
+        if claiming:
+            claim = live.claiming[message_id] = asyncio.get_running_loop().create_future()
+            # In the reply's group before the row says `streaming`: a follower in another process that reads
+            # the row from then on asks the group, and its `watch` waits here until the claim is decided.
+            await hub.join(message_id)
+        reply, prompt = await sync_to_async(_look_up_and_claim)(lookup, claim=claiming)
+        if prompt is not None and reply is not None:
+            started = live.owned[reply.pk] = Generation(reply, hub, prompt)
+            started.hold(HOLD_SECONDS)
+            # Its own context, not a copy of this request's: its few database calls then share one
+            # thread and one connection for the process instead of holding this request's for minutes.
+            started.task = asyncio.create_task(started.run(), name=f"reply-{reply.pk}", context=contextvars.Context())
+    finally:
+        if claim is not None:
+            del live.claiming[message_id]
+            claim.set_result(None)
+            if started is None:
+                await hub.leave(message_id)
+    if reply is None:
+        return None
+    if started is not None:
+        return Opened(reply, started)
+    return Opened(reply, await _join(reply, hub))
+
+
+def _look_up_and_claim(lookup: Callable[[], Message | None], *, claim: bool) -> tuple[Message | None, Prompt | None]:
+    reply = lookup()
+    if reply is None or reply.is_finished:
+        return reply, None  # answered at once: the request's end gives back its connection
+    prompt = None
+    if claim and reply.status == Status.QUEUED and (prompt := reply.claim()) is None:
+        reply.refresh_from_db(fields=["status"])  # another process won it: what does the row say now
+    # The stream now only waits for parts, for minutes. Measured (bench/RESULTS.md): with a connection
+    # held per open stream, PostgreSQL's default 100 ran out at C=100.
+    close_old_connections()
+    return reply, prompt
+
+
+async def _join(reply: Message, hub: fanout.Hub) -> LiveReply | None:
+    """What to watch for a reply this request did not claim: written here, or followed from elsewhere."""
     if (claim := live.claiming.get(reply.pk)) is not None:
         # Another request here is claiming it, and the row may already say `streaming`: wait for that
         # claim rather than race it. Shielded: this request may leave, the claim may not.
         await asyncio.shield(claim)
-    elif reply.status == Status.QUEUED and live.here(reply.pk) is None:
-        if Shutdown.requested:
-            return None
-        await _claim(reply, hub)
     if (local := live.here(reply.pk)) is not None:
         return local
-    if reply.status == Status.QUEUED:  # another process won the claim
+    if reply.status == Status.QUEUED:  # claimed meanwhile, here or elsewhere, or this worker is shutting down
         reply = await Message.objects.aget(pk=reply.pk)
         if (local := live.here(reply.pk)) is not None:
             return local
@@ -283,26 +341,6 @@ async def _start_or_join(reply: Message) -> LiveReply | None:
     mirror = fanout.Mirror(reply, hub)
     mirror.start()
     return mirror
-
-
-async def _claim(reply: Message, hub: fanout.Hub) -> None:
-    """Claim the row and, if this process won it, start its generation (then in live.owned)."""
-    claim: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    live.claiming[reply.pk] = claim
-    try:
-        # In the reply's group before the row says `streaming`: a follower in another process that reads
-        # the row from then on asks the group, and its `watch` waits here until the claim is decided.
-        await hub.join(reply.pk)
-        if (prompt := await reply.aclaim()) is None:
-            await hub.leave(reply.pk)
-            return
-        generation = live.owned[reply.pk] = Generation(reply, hub, prompt)
-        # Its own context, not a copy of this request's: its few database calls then share one
-        # thread and one connection for the process instead of holding this request's for minutes.
-        generation.task = asyncio.create_task(generation.run(), name=f"reply-{reply.pk}", context=contextvars.Context())
-    finally:
-        del live.claiming[reply.pk]
-        claim.set_result(None)
 
 
 async def request_stop(reply: Message) -> None:
@@ -328,15 +366,13 @@ async def drain(*, grace: float) -> None:
     await asyncio.gather(*(g.task for g in generations if g.task), return_exceptions=True)
 
 
-async def release_request_thread() -> None:
-    """A stream's request now only waits for parts, for minutes: give back its database connection and
-    the thread that runs its sync work.
+def give_back_request_thread() -> None:
+    """The request's sync work is done until its end (its request_finished signal leases a thread again):
+    give its thread back to the pool (project/threads.py) for other requests. Call it between hops only:
+    a stream's response calls it when it starts, after the last middleware's hop.
 
-    Measured (bench/RESULTS.md): with both held, PostgreSQL's default 100 connections ran out at C=100,
-    and 200 open streams kept 205 threads (28 without). Later sync work in this request (its
-    request_finished signal) gets a thread again, as a request's first sync call does.
+    Measured (bench/RESULTS.md): with a thread held per open stream, 200 open streams kept 205 threads (28 without).
     """
-    await sync_to_async(close_old_connections)()
     # asgiref keeps each context's executor in a class-level map; without it (another asgiref), keep the thread.
     context_var = getattr(SyncToAsync, "thread_sensitive_context", None)
     executors = getattr(SyncToAsync, "context_to_thread_executor", None)

@@ -6,7 +6,6 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model, login
 from django.contrib.auth.decorators import login_required
@@ -272,13 +271,12 @@ def watchable_reply(request: HttpRequest, message_id: int) -> Message | None:
 
 @require_GET
 async def stream_reply(request: HttpRequest, message_id: int) -> HttpResponse | StreamingHttpResponse:
-    # The session, the user and the reply in one thread hop: each hop is a round trip through a busy
-    # event loop before the upstream request can start.
-    reply = await sync_to_async(watchable_reply)(request, message_id)
-    if reply is None:
+    # The session, the user, the reply and its claim in one thread hop (see streaming.open_reply).
+    opened = await streaming.open_reply(message_id, lookup=lambda: watchable_reply(request, message_id))
+    if opened is None:
         # An EventSource cannot follow a login redirect; a 401 makes it stop and the page can say why.
         return HttpResponse("Your session has expired; log in again.", status=401)
-    return sse.response(relay.reply_events(reply, last_event_id=request.headers.get("Last-Event-ID")))
+    return sse.response(relay.reply_events(opened, last_event_id=request.headers.get("Last-Event-ID")))
 
 
 @login_required

@@ -3,33 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
 
-from chat import fanout, live, streaming
+from chat import fanout, live, relay, streaming
 from chat.models import Conversation, Message, Status
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def late_claim(monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+def late_claim(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """The winning claim's answer comes back late, as it does to a loop busy with other replies' tokens:
     the row already says `streaming` while this process does not yet know the reply is its own.
     Set the returned event to let the answer through."""
-    real_aclaim = Message.aclaim
-    release = asyncio.Event()
+    real_claim = Message.claim
+    release = threading.Event()
 
-    async def aclaim(self: Message) -> Any:
-        prompt = await real_aclaim(self)
+    def claim(self: Message) -> Any:
+        prompt = real_claim(self)
         if prompt is not None:
-            await release.wait()
+            release.wait(timeout=10)
         return prompt
 
-    monkeypatch.setattr(Message, "aclaim", aclaim)
+    monkeypatch.setattr(Message, "claim", claim)
     return release
+
+
+async def open_reply(reply: Message) -> live.LiveReply | None:
+    """What a stream request for this reply gets to watch (streaming.open_reply, as the view calls it)."""
+    opened = await streaming.open_reply(reply.pk, lookup=lambda: Message.objects.get(pk=reply.pk))
+    assert opened is not None
+    return opened.live
 
 
 def queued_reply(user: Any) -> Message:
@@ -49,14 +57,14 @@ async def settle(generation: live.LiveReply) -> None:
 
 
 def test_a_second_request_here_joins_the_claim_in_flight_instead_of_following_it_as_a_mirror(
-    user: Any, late_claim: asyncio.Event
+    user: Any, late_claim: threading.Event
 ) -> None:
     reply = queued_reply(user)
 
     async def two_requests() -> tuple[live.LiveReply | None, live.LiveReply | None]:
-        first = asyncio.create_task(streaming.start_or_join(await Message.objects.aget(pk=reply.pk)))
+        first = asyncio.create_task(open_reply(reply))
         await wait_for(lambda: reply.pk in live.claiming)
-        second = asyncio.create_task(streaming.start_or_join(await Message.objects.aget(pk=reply.pk)))
+        second = asyncio.create_task(open_reply(reply))
         await asyncio.sleep(0.2)  # long enough for the second to read the row as `streaming`
         assert not second.done() and reply.pk not in live.mirrors
         late_claim.set()
@@ -72,12 +80,12 @@ def test_a_second_request_here_joins_the_claim_in_flight_instead_of_following_it
 
 
 def test_a_followers_watch_that_arrives_during_the_claim_is_answered_once_it_returns(
-    user: Any, late_claim: asyncio.Event
+    user: Any, late_claim: threading.Event
 ) -> None:
     reply = queued_reply(user)
 
     async def watch_during_claim() -> dict[str, int]:
-        request = asyncio.create_task(streaming.start_or_join(await Message.objects.aget(pk=reply.pk)))
+        request = asyncio.create_task(open_reply(reply))
         await wait_for(lambda: reply.pk in live.claiming)
         # What another process's Mirror sends once it has read the row as `streaming`.
         fanout.dispatch({"type": "watch", "reply": reply.pk, "channel": "elsewhere", "start": 0})
@@ -89,6 +97,48 @@ def test_a_followers_watch_that_arrives_during_the_claim_is_answered_once_it_ret
         return positions
 
     assert "elsewhere" in async_to_sync(watch_during_claim)()
+
+
+def test_a_claimed_reply_whose_response_is_never_read_is_cancelled_once_the_claims_hold_ends(
+    user: Any, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The view claims and starts the reply before its response exists; a browser gone before the first
+    # byte (or an error response in its place) never reads it, and must not leave it running for nobody.
+    settings.CHAT_UNWATCHED_TIMEOUT = 0
+    monkeypatch.setattr(streaming, "HOLD_SECONDS", 0.3)
+    reply = queued_reply(user)
+
+    async def never_read() -> tuple[bool, str]:
+        generation = await open_reply(reply)
+        assert isinstance(generation, streaming.Generation)
+        await asyncio.sleep(0.1)
+        running_while_held = not generation.task.done()  # type: ignore[union-attr]
+        await asyncio.wait_for(generation.task, 5)  # type: ignore[arg-type]
+        return running_while_held, generation.stop_reason_requested
+
+    running_while_held, reason = async_to_sync(never_read)()
+    assert running_while_held and reason == streaming.NOBODY_WATCHING
+    assert Message.objects.get(pk=reply.pk).status == Status.CANCELLED
+
+
+def test_a_response_closed_before_it_watches_gives_up_the_claims_hold_at_once(user: Any, settings: Any) -> None:
+    settings.CHAT_UNWATCHED_TIMEOUT = 0
+    reply = queued_reply(user)
+
+    async def leave_after_the_first_chunk() -> tuple[str, float]:
+        opened = await streaming.open_reply(reply.pk, lookup=lambda: Message.objects.get(pk=reply.pk))
+        assert opened is not None and isinstance(opened.live, streaming.Generation)
+        events = relay.reply_events(opened, last_event_id=None)
+        assert "stream open" in await anext(events)
+        left = asyncio.get_running_loop().time()
+        await events.aclose()
+        await asyncio.wait_for(opened.live.task, 5)  # type: ignore[arg-type]
+        return opened.live.stop_reason_requested, asyncio.get_running_loop().time() - left
+
+    reason, after = async_to_sync(leave_after_the_first_chunk)()
+    assert reason == streaming.NOBODY_WATCHING
+    assert after < streaming.HOLD_SECONDS / 2  # released by the response, not by the hold's timer
+    assert Message.objects.get(pk=reply.pk).status == Status.CANCELLED
 
 
 async def wait_for(condition: Any, timeout: float = 5) -> None:
