@@ -287,13 +287,29 @@ class Message(models.Model):
         """Move a queued reply to streaming and read the prompt it answers, in one thread hop: the one
         caller that won the row gets the prompt, every other None."""
         now = timezone.now()
-        claimed = Message.objects.filter(pk=self.pk, status=Status.QUEUED).update(
+        if connection.vendor == "postgresql":
+            prompt = self._claim_in_one_statement(now)
+        elif Message.objects.filter(pk=self.pk, status=Status.QUEUED).update(
             status=Status.STREAMING, checkpoint_at=now
-        )
-        if not claimed:
-            return None
-        self.status, self.checkpoint_at = Status.STREAMING, now
-        return self.prompt()
+        ):
+            prompt = self.prompt()
+        else:
+            prompt = None
+        if prompt is not None:
+            self.status, self.checkpoint_at = Status.STREAMING, now
+        return prompt
+
+    def _claim_in_one_statement(self, now: datetime) -> Prompt | None:
+        # The claim and the prompt in one round trip: the stream request waits for each answer behind an
+        # event loop busy with other replies' tokens (about 1 ms a query at C=100, README "Benchmark").
+        params = [Status.STREAMING.value, connection.ops.adapt_datetimefield_value(now), self.pk, Status.QUEUED.value]
+        with connection.cursor() as cursor:
+            cursor.execute(_CLAIM_SQL, params)
+            rows = cursor.fetchall()
+        if not rows:
+            return None  # another request won the row
+        history = [(role, content) for role, content, _ in rows if role is not None]
+        return turns_from(latest_answers(history)), rows[0][2]
 
     async def aclaim(self) -> Prompt | None:
         return await sync_to_async(self.claim)()
@@ -376,6 +392,19 @@ class Message(models.Model):
         return await rows.aupdate(**interrupted_values())
 
 
+# PostgreSQL only (SQLite has no UPDATE in a WITH). The earlier turns are read from the snapshot before the
+# UPDATE, which changes none of them; a reply with no earlier turns still gets its one row, with NULLs.
+_CLAIM_SQL = """
+WITH claimed AS (
+    UPDATE chat_message SET status = %s, checkpoint_at = %s WHERE id = %s AND status = %s
+    RETURNING id, conversation_id
+)
+SELECT earlier.role, earlier.content, conversation.system_prompt
+FROM claimed
+JOIN chat_conversation conversation ON conversation.id = claimed.conversation_id
+LEFT JOIN chat_message earlier ON earlier.conversation_id = claimed.conversation_id AND earlier.id < claimed.id
+ORDER BY earlier.id
+"""
 # The table is Message's.
 _CHECKPOINT_SQL = (
     "UPDATE chat_message SET content = %s, thinking = %s, checkpoint_at = %s WHERE id = %s AND status = %s"

@@ -68,7 +68,19 @@ def cost_from_snapshot(*, provider: str, model: str, usage: Usage) -> Decimal:
         cache_read_tokens=usage.cache_read_tokens or 0,
         cache_write_tokens=usage.cache_write_tokens or 0,
     )
-    return calc_price(price_usage, model, provider_id=provider).total_price
+    if (provider, model) in _not_in_snapshot:
+        raise LookupError(f"{provider}:{model} has no price in the snapshot")
+    try:
+        return calc_price(price_usage, model, provider_id=provider).total_price
+    except LookupError:
+        # genai-prices remembers the models it found, not the ones it did not: it would match every one of
+        # the provider's models against this name again for each reply (0.5 ms of CPU, a local model's
+        # every reply). The snapshot does not change while the process runs.
+        _not_in_snapshot.add((provider, model))
+        raise
+
+
+_not_in_snapshot: set[tuple[str, str]] = set()
 
 
 def cost_from_table(price: ModelPrice, usage: Usage) -> Decimal:

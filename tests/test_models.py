@@ -52,6 +52,20 @@ def test_ask_with_a_repeated_request_key_returns_the_first_reply(conversation) -
     assert conversation.messages.count() == 4
 
 
+def test_the_claim_reads_the_prompt_that_prompt_reads(conversation) -> None:
+    # On PostgreSQL the claim reads the prompt in its own statement (models._CLAIM_SQL), elsewhere with prompt().
+    conversation.configure(system_prompt="Be brief.")
+    first = conversation.ask(text="one")
+    first.finish(status=Status.COMPLETED, content="answer one")
+    failed = conversation.ask(text="two")
+    failed.finish(status=Status.FAILED, content="", error="upstream down")
+    reply = conversation.regenerate(failed)
+    expected = reply.prompt()
+    assert expected == ([Turn("user", "one"), Turn("assistant", "answer one"), Turn("user", "two")], "Be brief.")
+    assert reply.claim() == expected
+    assert reply.status == Status.STREAMING and reply.claim() is None
+
+
 def test_only_one_of_two_concurrent_claims_wins(conversation) -> None:
     reply = conversation.ask(text="hi")
 

@@ -150,3 +150,20 @@ def test_a_reply_is_priced_with_the_operators_price_and_a_later_change_keeps_its
     ModelPrice.objects.update(input_per_mtok=100, output_per_mtok=300)
     reply.refresh_from_db()
     assert reply.cost == Decimal("0.0013")
+
+
+def test_a_model_the_snapshot_lacks_is_looked_for_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    looked: list[str] = []
+    real = pricing.calc_price
+
+    def counting(usage, model, **kwargs):  # type: ignore[no-untyped-def]
+        looked.append(model)
+        return real(usage, model, **kwargs)
+
+    monkeypatch.setattr(pricing, "calc_price", counting)
+    usage = Usage(input_tokens=10, output_tokens=5)
+    model = "a-local-model-nobody-prices"
+    assert [pricing.cost_of(provider="openai", model=model, usage=usage) for _ in range(3)] == [None] * 3
+    assert looked == [model]
+    # A model it knows is still priced every time (genai-prices keeps its own cache of those).
+    assert pricing.cost_of(provider="openai", model="gpt-4o-mini", usage=usage) > 0
