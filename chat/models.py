@@ -311,9 +311,6 @@ class Message(models.Model):
         history = [(role, content) for role, content, _ in rows if role is not None]
         return turns_from(latest_answers(history)), rows[0][2]
 
-    async def aclaim(self) -> Prompt | None:
-        return await sync_to_async(self.claim)()
-
     @classmethod
     def checkpoint_many(cls, rows: list[tuple[int, str, str]]) -> None:
         """Save the partial (pk, content, thinking) of many streaming replies in one transaction.

@@ -7,8 +7,8 @@ thread-local connection, which with the thread is cyclic garbage once the reques
 (README, Decisions): three thread starts a reply, and 0.84 of the CPU per upstream event at C=100.
 
 Here a request's sync work goes to a thread leased from a pool at its first sync call and given back
-when the request ends, or earlier when it has nothing more for the database (a stream, after its
-claim). A thread keeps its DatabaseWrapper from request to request; its connection still goes back
+when the request ends, or earlier when it has nothing more for the database (a stream, once its
+response starts). A thread keeps its DatabaseWrapper from request to request; its connection still goes back
 to the pool at every request's end (request_finished, CONN_MAX_AGE=0), as under WSGI.
 """
 

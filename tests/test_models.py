@@ -71,7 +71,8 @@ def test_only_one_of_two_concurrent_claims_wins(conversation) -> None:
 
     async def race() -> list[bool]:
         copies = [await Message.objects.aget(pk=reply.pk) for _ in range(2)]
-        return [prompt is not None for prompt in await asyncio.gather(*(copy.aclaim() for copy in copies))]
+        prompts = await asyncio.gather(*(sync_to_async(copy.claim)() for copy in copies))
+        return [prompt is not None for prompt in prompts]
 
     assert sorted(async_to_sync(race)()) == [False, True]
     reply.refresh_from_db()
@@ -82,7 +83,7 @@ def test_finish_writes_once_and_a_late_checkpoint_cannot_reopen_the_row(conversa
     reply = conversation.ask(text="hi")
 
     async def lifecycle() -> tuple[bool, bool]:
-        await reply.aclaim()
+        await sync_to_async(reply.claim)()
         await sync_to_async(Message.checkpoint_many)([(reply.pk, "par", "thought")])
         saved = await Message.objects.aget(pk=reply.pk)
         assert (saved.content, saved.thinking) == ("par", "thought")
