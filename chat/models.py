@@ -289,12 +289,11 @@ class Message(models.Model):
         now = timezone.now()
         if connection.vendor == "postgresql":
             prompt = self._claim_in_one_statement(now)
-        elif Message.objects.filter(pk=self.pk, status=Status.QUEUED).update(
-            status=Status.STREAMING, checkpoint_at=now
-        ):
-            prompt = self.prompt()
         else:
-            prompt = None
+            claimed = Message.objects.filter(pk=self.pk, status=Status.QUEUED).update(
+                status=Status.STREAMING, checkpoint_at=now
+            )
+            prompt = self.prompt() if claimed else None
         if prompt is not None:
             self.status, self.checkpoint_at = Status.STREAMING, now
         return prompt
@@ -306,10 +305,7 @@ class Message(models.Model):
         with connection.cursor() as cursor:
             cursor.execute(_CLAIM_SQL, params)
             rows = cursor.fetchall()
-        if not rows:
-            return None  # another request won the row
-        history = [(role, content) for role, content, _ in rows if role is not None]
-        return turns_from(latest_answers(history)), rows[0][2]
+        return prompt_from(rows) if rows else None  # no rows: another request won the row
 
     @classmethod
     def checkpoint_many(cls, rows: list[tuple[int, str, str]]) -> None:
@@ -370,12 +366,14 @@ class Message(models.Model):
         """The turns before this reply, as a provider needs them, and the conversation's system prompt."""
         earlier = Message.objects.filter(conversation_id=self.conversation_id, pk__lt=self.pk).order_by("pk")
         # The system prompt rides along on every row: one query instead of two on the way to the first token.
-        rows = list(earlier.values_list("role", "content", "conversation__system_prompt"))
-        if rows:
-            system = rows[0][2]
-        else:
-            system = Conversation.objects.values_list("system_prompt", flat=True).get(pk=self.conversation_id)
-        return turns_from(latest_answers([(role, content) for role, content, _ in rows])), system
+        rows: list[tuple[str | None, str | None, str]] = list(
+            earlier.values_list("role", "content", "conversation__system_prompt")
+        )
+        if not rows:
+            rows = [
+                (None, None, Conversation.objects.values_list("system_prompt", flat=True).get(pk=self.conversation_id))
+            ]
+        return prompt_from(rows)
 
     @classmethod
     def sweep_interrupted(cls, *, older_than: timedelta) -> int:
@@ -406,6 +404,13 @@ ORDER BY earlier.id
 _CHECKPOINT_SQL = (
     "UPDATE chat_message SET content = %s, thinking = %s, checkpoint_at = %s WHERE id = %s AND status = %s"
 )
+
+
+def prompt_from(rows: list[tuple[str | None, str | None, str]]) -> Prompt:
+    """A Prompt from (role, content, system prompt) rows, oldest first, as both ways of reading it return them;
+    a row without a role only carries the system prompt of a conversation with no earlier turns."""
+    history = [(role, content) for role, content, _ in rows if role is not None and content is not None]
+    return turns_from(latest_answers(history)), rows[0][2]
 
 
 def interrupted_values() -> dict[str, object]:

@@ -62,14 +62,14 @@ def cost_from_snapshot(*, provider: str, model: str, usage: Usage) -> Decimal:
     """genai-prices counts input_tokens as ALL prompt tokens with cache reads and writes as parts of
     it, which is exactly how we store them (the Anthropic adapter adds its separate cache counts to
     input_tokens); reasoning tokens are a part of output tokens. LookupError for an unknown model."""
+    if (provider, model) in _not_in_snapshot:
+        raise LookupError(f"{provider}:{model} has no price in the snapshot")
     price_usage = PriceUsage(
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cache_read_tokens=usage.cache_read_tokens or 0,
         cache_write_tokens=usage.cache_write_tokens or 0,
     )
-    if (provider, model) in _not_in_snapshot:
-        raise LookupError(f"{provider}:{model} has no price in the snapshot")
     try:
         return calc_price(price_usage, model, provider_id=provider).total_price
     except LookupError:

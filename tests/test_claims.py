@@ -33,11 +33,11 @@ def late_claim(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return release
 
 
-async def open_reply(reply: Message) -> live.LiveReply | None:
-    """What a stream request for this reply gets to watch (streaming.open_reply, as the view calls it)."""
+async def open_stream(reply: Message) -> streaming.Opened:
+    """What a stream request for this reply opens (streaming.open_reply, as the view calls it)."""
     opened = await streaming.open_reply(reply.pk, lookup=lambda: Message.objects.get(pk=reply.pk))
     assert opened is not None
-    return opened.live
+    return opened
 
 
 def queued_reply(user: Any) -> Message:
@@ -62,13 +62,13 @@ def test_a_second_request_here_joins_the_claim_in_flight_instead_of_following_it
     reply = queued_reply(user)
 
     async def two_requests() -> tuple[live.LiveReply | None, live.LiveReply | None]:
-        first = asyncio.create_task(open_reply(reply))
+        first = asyncio.create_task(open_stream(reply))
         await wait_for(lambda: reply.pk in live.claiming)
-        second = asyncio.create_task(open_reply(reply))
+        second = asyncio.create_task(open_stream(reply))
         await asyncio.sleep(0.2)  # long enough for the second to read the row as `streaming`
         assert not second.done() and reply.pk not in live.mirrors
         late_claim.set()
-        results = await first, await second
+        results = (await first).live, (await second).live
         await settle(results[0])  # type: ignore[arg-type]
         return results
 
@@ -85,12 +85,12 @@ def test_a_followers_watch_that_arrives_during_the_claim_is_answered_once_it_ret
     reply = queued_reply(user)
 
     async def watch_during_claim() -> dict[str, int]:
-        request = asyncio.create_task(open_reply(reply))
+        request = asyncio.create_task(open_stream(reply))
         await wait_for(lambda: reply.pk in live.claiming)
         # What another process's Mirror sends once it has read the row as `streaming`.
         fanout.dispatch({"type": "watch", "reply": reply.pk, "channel": "elsewhere", "start": 0})
         late_claim.set()
-        generation = await request
+        generation = (await request).live
         await asyncio.sleep(0)  # the claim's callbacks run on the next turn of the loop
         positions = dict(generation.remote.positions)  # type: ignore[union-attr]
         await settle(generation)  # type: ignore[arg-type]
@@ -109,7 +109,7 @@ def test_a_claimed_reply_whose_response_is_never_read_is_cancelled_once_the_clai
     reply = queued_reply(user)
 
     async def never_read() -> tuple[bool, str]:
-        generation = await open_reply(reply)
+        generation = (await open_stream(reply)).live
         assert isinstance(generation, streaming.Generation)
         await asyncio.sleep(0.1)
         running_while_held = not generation.task.done()  # type: ignore[union-attr]
@@ -126,8 +126,8 @@ def test_a_response_closed_before_it_watches_gives_up_the_claims_hold_at_once(us
     reply = queued_reply(user)
 
     async def leave_after_the_first_chunk() -> tuple[str, float]:
-        opened = await streaming.open_reply(reply.pk, lookup=lambda: Message.objects.get(pk=reply.pk))
-        assert opened is not None and isinstance(opened.live, streaming.Generation)
+        opened = await open_stream(reply)
+        assert isinstance(opened.live, streaming.Generation)
         events = relay.reply_events(opened, last_event_id=None)
         assert "stream open" in await anext(events)
         left = asyncio.get_running_loop().time()
