@@ -21,7 +21,7 @@ from django.core.handlers.asgi import ASGIRequest  # noqa: E402
 
 from chat.admission import refusal, refused_reply  # noqa: E402
 from chat.lifecycle import ensure_upkeep, on_worker_start  # noqa: E402  (needs the app registry loaded above)
-from project.middleware import regroup  # noqa: E402
+from project.middleware import regroup, take_over_request_started  # noqa: E402
 from project.threads import RequestExecutor, ThreadPool  # noqa: E402
 
 WHITENOISE = "whitenoise.middleware.WhiteNoiseMiddleware"
@@ -41,7 +41,10 @@ def application_with(middleware: list[str]) -> Any:
 # a new thread and hops back to the event loop for the async view. It only ever answers STATIC_URL, so
 # every other path goes to an app without it, whose Django middleware run in one thread hop per request
 # half rather than two per middleware (project/middleware.py).
-_dynamic = application_with(regroup([name for name in settings.MIDDLEWARE if name != WHITENOISE]))
+# request_started's receivers run in the first group's hop too; the static app's requests never use the database.
+_dynamic = application_with(
+    regroup([name for name in settings.MIDDLEWARE if name != WHITENOISE], on_start=take_over_request_started())
+)
 # Idle request threads kept for the next requests: about as many as can use the database at once.
 _threads = ThreadPool(keep=max(settings.DATABASE_POOL_SIZE, 8))
 _static_prefix = "/" + settings.STATIC_URL.lstrip("/") if not settings.STATIC_URL.startswith("http") else "\0"

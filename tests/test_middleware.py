@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from django.core.signals import request_started
+from django.db import close_old_connections, reset_queries
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory
 from django.utils.deprecation import MiddlewareMixin
@@ -89,6 +91,31 @@ def test_regroup_keeps_other_middleware_in_place() -> None:
     assert grouped[0] == "chat.csp.csp_middleware" and grouped[2] == "django_htmx.middleware.HtmxMiddleware"
     assert grouped[1].startswith("project.middleware.OneHop") and len(grouped) == 3
     assert middleware.regroup([PATHS[0]]) == [PATHS[0]]  # a lone class stays as it is
+
+
+async def test_only_the_first_group_runs_request_starteds_receivers_and_before_its_members() -> None:
+    calls.clear()
+    started = (lambda: calls.append("request started"),)
+    first, _, second = middleware.regroup([*PATHS[:2], "chat.csp.csp_middleware", *PATHS[1:]], on_start=started)
+
+    async def view(request: HttpRequest) -> HttpResponse:
+        return HttpResponse()
+
+    outer = getattr(middleware, first.rsplit(".", 1)[1])
+    inner = getattr(middleware, second.rsplit(".", 1)[1])
+    await outer(inner(view))(RequestFactory().get("/"))
+    assert calls[:3] == ["request started", "first request", "gate request"]
+    assert calls.count("request started") == 1
+
+
+def test_taking_over_request_started_leaves_the_handler_no_thread_hop_for_it() -> None:
+    receivers = middleware.take_over_request_started()
+    try:
+        assert receivers == (reset_queries, close_old_connections)
+        assert not request_started.has_listeners()  # so the handler's asend returns at once, without a thread
+    finally:
+        for receiver in receivers:
+            request_started.connect(receiver)
 
 
 def test_the_running_server_sends_every_grouped_middlewares_headers(chat: ChatClient) -> None:

@@ -6,7 +6,9 @@ import re
 from decimal import Decimal
 
 import pytest
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from chat import limits, sidebar
 from chat.models import CONTINUE_PROMPT, Conversation, Message, Role, Status
@@ -288,6 +290,24 @@ def test_an_htmx_request_with_an_expired_session_gets_a_login_prompt_not_the_log
 def test_the_session_check_says_whether_the_user_is_logged_in(client) -> None:
     assert client.get("/chat/session/").status_code == 204
     assert Client().get("/chat/session/").status_code == 401
+
+
+def test_a_session_is_read_from_the_cache_and_the_user_from_the_database(client, conversation) -> None:
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get(f"/chat/{conversation.pk}/").status_code == 200
+    tables = " ".join(query["sql"] for query in queries)
+    assert "django_session" not in tables
+    assert "auth_user" in tables  # a deactivated user or a changed password still ends the session at once
+
+
+def test_logging_out_ends_a_cached_session_for_every_copy_of_its_cookie(client, conversation) -> None:
+    assert client.get(f"/chat/{conversation.pk}/").status_code == 200  # read, so in the cache
+    copy = Client()
+    copy.cookies["sessionid"] = client.cookies["sessionid"].value
+    assert copy.get(f"/chat/{conversation.pk}/").status_code == 200
+    client.post("/accounts/logout/")
+    response = copy.get(f"/chat/{conversation.pk}/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
 
 
 def test_a_replys_footer_shows_model_tokens_cost_speed_and_an_unusual_stop(client, conversation) -> None:

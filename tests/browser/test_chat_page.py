@@ -7,8 +7,8 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import pytest
-from django.contrib.sessions.models import Session
 
 from chat import sidebar
 from chat.models import Conversation, Message, Role, SpendingLimit, Status
@@ -311,10 +311,21 @@ def test_history_is_readable_without_javascript(chromium, asgi_server, user) -> 
     next(tabs, None)
 
 
+def end_the_session_elsewhere(tab: Tab) -> None:
+    """The user logs out in another tab: the server forgets the session (its cache too, which deleting the
+    row from this process would not reach), while this page keeps its now stale cookie."""
+    session = next(c["value"] for c in tab.page.context.cookies() if c["name"] == "sessionid")
+    with httpx.Client(base_url=tab.server.url, cookies={"sessionid": session}) as other:
+        assert other.get("/chat/").status_code in (200, 302)  # sets the CSRF cookie
+        logout = other.post("/accounts/logout/", headers={"X-CSRFToken": other.cookies["csrftoken"]})
+        assert logout.status_code == 302, logout.text[:300]
+    assert httpx.get(tab.server.url + "/chat/session/", cookies={"sessionid": session}).status_code == 401
+
+
 def test_an_expired_session_shows_a_login_prompt_and_keeps_the_typed_text(tab: Tab, user, sim) -> None:
     chat = conversation(user)
     tab.open(f"/chat/{chat.pk}/")
-    Session.objects.all().delete()  # the session expires while the page is open
+    end_the_session_elsewhere(tab)  # the session ends while the page is open
     send(tab, "Are you still there?")
     prompt = tab.page.locator("#dialog .dialog-box")
     prompt.wait_for()
@@ -331,7 +342,7 @@ def test_a_reply_stream_refused_for_an_expired_session_shows_the_login_prompt(ta
     Message.objects.create(conversation=chat, role=Role.USER, content="Hi", status=Status.COMPLETED)
     reply = Message.objects.create(conversation=chat, role=Role.ASSISTANT, status=Status.CANCELLED)
     tab.open(f"/chat/{chat.pk}/")
-    Session.objects.all().delete()
+    end_the_session_elsewhere(tab)
     # A stream that (re)connects now is answered 401, which an EventSource cannot show by itself.
     tab.page.evaluate(
         f"""const live = document.createElement('div');
