@@ -8,12 +8,15 @@ import os
 import sys
 from typing import Any
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "project.settings")
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application does
 
-# Serves /static/ (WhiteNoise is in MIDDLEWARE) and is what `django_application` names.
-django_application = get_asgi_application()
+from project.handler import Handler  # noqa: E402  (Django's handler, without its per-request cycles)
+
+# Serves /static/ (WhiteNoise is in MIDDLEWARE).
+django_application = Handler()
 
 from asgiref.sync import ThreadSensitiveContext  # noqa: E402
 from django.conf import settings  # noqa: E402  (configured by the line above)
@@ -32,7 +35,7 @@ def application_with(middleware: list[str]) -> Any:
     full = settings.MIDDLEWARE
     settings.MIDDLEWARE = middleware
     try:
-        return get_asgi_application()
+        return Handler()
     finally:
         settings.MIDDLEWARE = full
 
