@@ -119,6 +119,8 @@ def regroup(middleware: list[str], *, on_start: tuple[Callable[[], object], ...]
         run = []
         if path:
             result.append(path)
+    if on_start:  # taken from request_started, they must run somewhere
+        raise ValueError("on_start needs a group of two or more MiddlewareMixin classes to run in")
     return result
 
 

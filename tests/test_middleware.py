@@ -106,6 +106,8 @@ async def test_only_the_first_group_runs_request_starteds_receivers_and_before_i
     await outer(inner(view))(RequestFactory().get("/"))
     assert calls[:3] == ["request started", "first request", "gate request"]
     assert calls.count("request started") == 1
+    with pytest.raises(ValueError):
+        middleware.regroup([PATHS[0]], on_start=started)  # no group: the receivers would be lost
 
 
 def test_taking_over_request_started_leaves_the_handler_no_thread_hop_for_it() -> None:
