@@ -373,19 +373,11 @@ def give_back_request_thread() -> None:
 
     Measured (bench/RESULTS.md): with a thread held per open stream, 200 open streams kept 205 threads (28 without).
     """
-    # asgiref keeps each context's executor in a class-level map; without it (another asgiref), keep the thread.
-    context_var = getattr(SyncToAsync, "thread_sensitive_context", None)
-    executors = getattr(SyncToAsync, "context_to_thread_executor", None)
-    context = context_var.get(None) if context_var is not None else None
-    if context is None or executors is None:
-        return
-    executor = executors.get(context)
+    # asgiref (pinned) keeps each context's executor in a class-level map; project.asgi's is a RequestExecutor.
+    context = SyncToAsync.thread_sensitive_context.get(None)
+    executor = SyncToAsync.context_to_thread_executor.get(context) if context is not None else None
     if (release := getattr(executor, "release", None)) is not None:
-        release()  # a project.threads.RequestExecutor: the thread goes back to the pool for the next request
-    elif executor is not None and getattr(context, "_executor", None) is None:
-        # The thread asgiref started for this request alone (Django's handler without project.asgi).
-        del executors[context]
-        executor.shutdown(wait=False)  # idle now: its thread ends at once
+        release()
 
 
 # ----- checkpoints ---------------------------------------------------------------------------------
