@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -283,29 +284,50 @@ class Message(models.Model):
         # Under a quarter of a second the figure says more about timer and network jitter than the model.
         return self.output_tokens * 1000 / writing_ms if writing_ms >= 250 else None
 
-    def claim(self) -> Prompt | None:
-        """Move a queued reply to streaming and read the prompt it answers, in one thread hop: the one
-        caller that won the row gets the prompt, every other None."""
+    @classmethod
+    def claim_for(cls, user: AbstractBaseUser, reply_id: int) -> tuple[Message, Prompt] | None:
+        """Claim the user's queued reply `reply_id` (move it to streaming) and read the prompt it answers.
+
+        The one caller that wins the row gets the reply and its prompt. Every other caller gets None,
+        whether another request won the row, the reply is streaming or finished, or it is not this
+        user's: a lookup tells those apart, off the path of a fresh reply's first token.
+        """
         now = timezone.now()
         if connection.vendor == "postgresql":
-            prompt = self._claim_in_one_statement(now)
-        else:
-            claimed = Message.objects.filter(pk=self.pk, status=Status.QUEUED).update(
-                status=Status.STREAMING, checkpoint_at=now
-            )
-            prompt = self.prompt() if claimed else None
-        if prompt is not None:
-            self.status, self.checkpoint_at = Status.STREAMING, now
-        return prompt
+            return cls._claim_in_one_statement(user, reply_id, now)
+        reply = cls.objects.for_user(user).replies().filter(pk=reply_id, status=Status.QUEUED).first()
+        if reply is None:
+            return None
+        claimed = Message.objects.filter(pk=reply.pk, status=Status.QUEUED).update(
+            status=Status.STREAMING, checkpoint_at=now
+        )
+        if not claimed:
+            return None  # another request won the row between the read and the update
+        reply.status, reply.checkpoint_at = Status.STREAMING, now
+        return reply, reply.prompt()
 
-    def _claim_in_one_statement(self, now: datetime) -> Prompt | None:
-        # The claim and the prompt in one round trip: the stream request waits for each answer behind an
-        # event loop busy with other replies' tokens (about 1 ms a query at C=100, README "Benchmark").
-        params = [Status.STREAMING.value, connection.ops.adapt_datetimefield_value(now), self.pk, Status.QUEUED.value]
+    @classmethod
+    def _claim_in_one_statement(
+        cls, user: AbstractBaseUser, reply_id: int, now: datetime
+    ) -> tuple[Message, Prompt] | None:
+        # Ownership, the claim, the claimed row and the prompt in one round trip, with no ORM query to build:
+        # the stream request waits for each answer behind an event loop busy with other replies' tokens.
+        params = [
+            Status.STREAMING.value,
+            connection.ops.adapt_datetimefield_value(now),
+            reply_id,
+            Status.QUEUED.value,
+            Role.ASSISTANT.value,
+            user.pk,
+        ]
         with connection.cursor() as cursor:
-            cursor.execute(_CLAIM_SQL, params)
+            cursor.execute(_claim_sql(), params)
             rows = cursor.fetchall()
-        return prompt_from(rows) if rows else None  # no rows: another request won the row
+        if not rows:
+            return None
+        # Every row repeats the claimed reply's columns after the prompt's three.
+        reply = cls.from_db(connection.alias, _message_attnames(), rows[0][3:])
+        return reply, prompt_from([row[:3] for row in rows])
 
     @classmethod
     def checkpoint_many(cls, rows: list[tuple[int, str, str]]) -> None:
@@ -391,15 +413,35 @@ class Message(models.Model):
 # UPDATE, which changes none of them; a reply with no earlier turns still gets its one row, with NULLs.
 _CLAIM_SQL = """
 WITH claimed AS (
-    UPDATE chat_message SET status = %s, checkpoint_at = %s WHERE id = %s AND status = %s
-    RETURNING id, conversation_id
+    UPDATE chat_message SET status = %s, checkpoint_at = %s
+    FROM chat_conversation owner
+    WHERE chat_message.id = %s AND chat_message.status = %s AND chat_message.role = %s
+        AND owner.id = chat_message.conversation_id AND owner.user_id = %s AND owner.deleted_at IS NULL
+    RETURNING {returning}
 )
-SELECT earlier.role, earlier.content, conversation.system_prompt
+SELECT earlier.role, earlier.content, conversation.system_prompt, {claimed}
 FROM claimed
 JOIN chat_conversation conversation ON conversation.id = claimed.conversation_id
 LEFT JOIN chat_message earlier ON earlier.conversation_id = claimed.conversation_id AND earlier.id < claimed.id
 ORDER BY earlier.id
 """
+
+
+@functools.cache
+def _message_attnames() -> list[str]:
+    return [field.attname for field in Message._meta.concrete_fields]
+
+
+@functools.cache
+def _claim_sql() -> str:
+    # The claimed row's columns named one by one, in the order from_db expects them.
+    columns = [connection.ops.quote_name(field.column) for field in Message._meta.concrete_fields]
+    return _CLAIM_SQL.format(
+        returning=", ".join(f"chat_message.{column}" for column in columns),
+        claimed=", ".join(f"claimed.{column}" for column in columns),
+    )
+
+
 # The table is Message's.
 _CHECKPOINT_SQL = (
     "UPDATE chat_message SET content = %s, thinking = %s, checkpoint_at = %s WHERE id = %s AND status = %s"

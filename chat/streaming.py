@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
@@ -27,6 +28,9 @@ from chat.providers import (
     Usage,
     UsageUpdate,
 )
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 logger = logging.getLogger(__name__)
 
@@ -270,15 +274,19 @@ class Opened:
     live: LiveReply | None = None  # None: the reply is finished (read the row), or this worker is shutting down
 
 
-async def open_reply(message_id: int, *, lookup: Callable[[], Message | None]) -> Opened | None:
-    """Look the reply up with `lookup` (the request's session, user and ownership check: Http404 if it
-    is not the user's, None if nobody is logged in) and, if it is queued, claim it and start it, with one
-    thread hop for all of it, which gives back the request's database connection if the reply is live.
+async def open_reply(
+    message_id: int, *, user: Callable[[], AbstractBaseUser | None], lookup: Callable[[AbstractBaseUser], Message]
+) -> Opened | None:
+    """Claim the reply if it is queued and start it, or else look it up, with one thread hop for all of it,
+    which gives back the request's database connection if the reply is live. `user` is the request's
+    session and user (None if nobody is logged in); `lookup` finds the user's reply (Http404 if it is not
+    theirs) when it was not claimed here.
 
     Each hop, and each query in it, waits its turn behind a busy event loop before the upstream request
-    can start (measured in the README: about 1 ms a query at C=100), so they are as few as can be. The
-    claim is a conditional UPDATE: of two concurrent requests exactly one starts the upstream call, and
-    the other joins it here, or follows it from another process.
+    can start (measured in the README: about 1 ms a query at C=100), so they are as few as can be: a fresh
+    reply takes the user's query and the claim's (Message.claim_for). The claim is a conditional UPDATE:
+    of two concurrent requests exactly one starts the upstream call, and the other joins it here, or
+    follows it from another process.
     """
     hub = await fanout.hub()
     # No await from this check to registering the claim, so of two requests here only one claims.
@@ -291,7 +299,8 @@ async def open_reply(message_id: int, *, lookup: Callable[[], Message | None]) -
             # In the reply's group before the row says `streaming`: a follower in another process that reads
             # the row from then on asks the group, and its `watch` waits here until the claim is decided.
             await hub.join(message_id)
-        reply, prompt = await sync_to_async(_look_up_and_claim)(lookup, claim=claiming)
+        found = await sync_to_async(_look_up_and_claim)(message_id, user, lookup, claim=claiming)
+        reply, prompt = found if found is not None else (None, None)
         if prompt is not None and reply is not None:
             started = live.owned[reply.pk] = Generation(reply, hub, prompt)
             started.hold(HOLD_SECONDS)
@@ -311,13 +320,22 @@ async def open_reply(message_id: int, *, lookup: Callable[[], Message | None]) -
     return Opened(reply, await _join(reply, hub))
 
 
-def _look_up_and_claim(lookup: Callable[[], Message | None], *, claim: bool) -> tuple[Message | None, Prompt | None]:
-    reply = lookup()
-    if reply is None or reply.is_finished:
-        return reply, None  # answered at once: the request's end gives back its connection
-    prompt = None
-    if claim and reply.status == Status.QUEUED and (prompt := reply.claim()) is None:
-        reply.refresh_from_db(fields=["status"])  # another process won it: what does the row say now
+def _look_up_and_claim(
+    message_id: int,
+    user_of: Callable[[], AbstractBaseUser | None],
+    lookup: Callable[[AbstractBaseUser], Message],
+    *,
+    claim: bool,
+) -> tuple[Message, Prompt | None] | None:
+    if (user := user_of()) is None:
+        return None
+    if claim and (claimed := Message.claim_for(user, message_id)) is not None:
+        reply, prompt = claimed
+    else:
+        # Not claimed: already streaming or finished, another request's, or not this user's (Http404).
+        reply, prompt = lookup(user), None
+        if reply.is_finished:
+            return reply, None  # answered at once: the request's end gives back its connection
     # The stream now only waits for parts, for minutes. Measured (bench/RESULTS.md): with a connection
     # held per open stream, PostgreSQL's default 100 ran out at C=100.
     close_old_connections()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.contrib.auth import get_user_model, login
@@ -18,6 +18,9 @@ from chat import admission, catalog, limits, relay, sse, streaming
 from chat.forms import MessageForm, NewConversationForm, RenameForm, SettingsForm
 from chat.models import Conversation, Message, NotTheLatestReply
 from chat.sidebar import BadPosition, Sidebar
+
+if TYPE_CHECKING:
+    from django.contrib.auth.models import AbstractBaseUser
 
 PAGE = "chat/conversation.html"
 
@@ -264,15 +267,17 @@ def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpRes
     return render(request, f"{PAGE}#settings", context, status=200 if form.is_valid() else 400)
 
 
-def watchable_reply(request: HttpRequest, message_id: int) -> Message | None:
-    """The reply if this request's user may watch it (404 if not theirs), None if the session has expired."""
-    return users_reply(request, message_id) if request.user.is_authenticated else None
+def signed_in_user(request: HttpRequest) -> AbstractBaseUser | None:
+    """The request's user, or None if the session has expired (a stream cannot follow a login redirect)."""
+    return request.user if request.user.is_authenticated else None
 
 
 @require_GET
 async def stream_reply(request: HttpRequest, message_id: int) -> HttpResponse | StreamingHttpResponse:
     # The session, the user, the reply and its claim in one thread hop (see streaming.open_reply).
-    opened = await streaming.open_reply(message_id, lookup=lambda: watchable_reply(request, message_id))
+    opened = await streaming.open_reply(
+        message_id, user=lambda: signed_in_user(request), lookup=lambda _: users_reply(request, message_id)
+    )
     if opened is None:
         # An EventSource cannot follow a login redirect; a 401 makes it stop and the page can say why.
         return HttpResponse("Your session has expired; log in again.", status=401)

@@ -20,22 +20,24 @@ def late_claim(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     """The winning claim's answer comes back late, as it does to a loop busy with other replies' tokens:
     the row already says `streaming` while this process does not yet know the reply is its own.
     Set the returned event to let the answer through."""
-    real_claim = Message.claim
+    real_claim = Message.claim_for
     release = threading.Event()
 
-    def claim(self: Message) -> Any:
-        prompt = real_claim(self)
-        if prompt is not None:
+    def claim_for(user: Any, reply_id: int) -> Any:
+        claimed = real_claim(user, reply_id)
+        if claimed is not None:
             release.wait(timeout=10)
-        return prompt
+        return claimed
 
-    monkeypatch.setattr(Message, "claim", claim)
+    monkeypatch.setattr(Message, "claim_for", claim_for)
     return release
 
 
 async def open_stream(reply: Message) -> streaming.Opened:
     """What a stream request for this reply opens (streaming.open_reply, as the view calls it)."""
-    opened = await streaming.open_reply(reply.pk, lookup=lambda: Message.objects.get(pk=reply.pk))
+    opened = await streaming.open_reply(
+        reply.pk, user=lambda: reply.conversation.user, lookup=lambda _: Message.objects.get(pk=reply.pk)
+    )
     assert opened is not None
     return opened
 

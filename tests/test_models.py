@@ -52,8 +52,8 @@ def test_ask_with_a_repeated_request_key_returns_the_first_reply(conversation) -
     assert conversation.messages.count() == 4
 
 
-def test_the_claim_reads_the_prompt_that_prompt_reads(conversation) -> None:
-    # On PostgreSQL the claim reads the prompt in its own statement (models._CLAIM_SQL), elsewhere with prompt().
+def test_the_claim_returns_the_row_as_the_orm_reads_it_and_the_prompt_that_prompt_reads(conversation) -> None:
+    # On PostgreSQL the claim reads both in its own statement (models._CLAIM_SQL), elsewhere with the ORM.
     conversation.configure(system_prompt="Be brief.")
     first = conversation.ask(text="one")
     first.finish(status=Status.COMPLETED, content="answer one")
@@ -62,17 +62,46 @@ def test_the_claim_reads_the_prompt_that_prompt_reads(conversation) -> None:
     reply = conversation.regenerate(failed)
     expected = reply.prompt()
     assert expected == ([Turn("user", "one"), Turn("assistant", "answer one"), Turn("user", "two")], "Be brief.")
-    assert reply.claim() == expected
-    assert reply.status == Status.STREAMING and reply.claim() is None
+    claimed = Message.claim_for(conversation.user, reply.pk)
+    assert claimed is not None
+    row, prompt = claimed
+    assert prompt == expected
+    stored = Message.objects.get(pk=reply.pk)
+    assert stored.status == Status.STREAMING and stored.checkpoint_at is not None
+    fields = [field.attname for field in Message._meta.concrete_fields]
+    assert [getattr(row, name) for name in fields] == [getattr(stored, name) for name in fields]
+    assert not row._state.adding and row._state.db == "default"
+    assert Message.claim_for(conversation.user, reply.pk) is None  # claimed once only
+
+
+def test_the_claim_of_a_first_reply_reads_the_system_prompt_alone(conversation) -> None:
+    conversation.configure(system_prompt="Be brief.")
+    reply = conversation.ask(text="one")
+    claimed = Message.claim_for(conversation.user, reply.pk)
+    assert claimed is not None and claimed[1] == ([Turn("user", "one")], "Be brief.")
+
+
+def test_nobody_claims_another_users_reply_a_question_or_a_deleted_conversations_reply(
+    conversation, django_user_model
+) -> None:
+    other = django_user_model.objects.create_user(username="bob", password="a-long-test-password")
+    reply = conversation.ask(text="hi")
+    question = reply.question
+    assert Message.claim_for(other, reply.pk) is None
+    assert Message.claim_for(conversation.user, question.pk) is None
+    conversation.remove()
+    assert Message.claim_for(conversation.user, reply.pk) is None
+    assert Message.objects.get(pk=reply.pk).status == Status.QUEUED  # none of the three claimed it
 
 
 def test_only_one_of_two_concurrent_claims_wins(conversation) -> None:
     reply = conversation.ask(text="hi")
 
     async def race() -> list[bool]:
-        copies = [await Message.objects.aget(pk=reply.pk) for _ in range(2)]
-        prompts = await asyncio.gather(*(sync_to_async(copy.claim)() for copy in copies))
-        return [prompt is not None for prompt in prompts]
+        claims = await asyncio.gather(
+            *(sync_to_async(Message.claim_for)(conversation.user, reply.pk) for _ in range(2))
+        )
+        return [claimed is not None for claimed in claims]
 
     assert sorted(async_to_sync(race)()) == [False, True]
     reply.refresh_from_db()
@@ -83,7 +112,7 @@ def test_finish_writes_once_and_a_late_checkpoint_cannot_reopen_the_row(conversa
     reply = conversation.ask(text="hi")
 
     async def lifecycle() -> tuple[bool, bool]:
-        await sync_to_async(reply.claim)()
+        await sync_to_async(Message.claim_for)(conversation.user, reply.pk)
         await sync_to_async(Message.checkpoint_many)([(reply.pk, "par", "thought")])
         saved = await Message.objects.aget(pk=reply.pk)
         assert (saved.content, saved.thinking) == ("par", "thought")
