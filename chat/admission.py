@@ -31,11 +31,14 @@ from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.middleware.clickjacking import XFrameOptionsMiddleware
+from django.middleware.security import SecurityMiddleware
 from django.template.loader import render_to_string
 from django.urls import Resolver404, resolve
 from django.utils.decorators import sync_and_async_middleware
 
 from chat import live
+from chat.csp import with_policy
 from chat.limits import Refusal
 
 logger = logging.getLogger(__name__)
@@ -173,13 +176,13 @@ def admission_middleware(get_response: Callable) -> Callable:
     return middleware
 
 
-def refused_at_the_door(request: HttpRequest) -> HttpResponse | None:
+def refused_at_the_door(request: HttpRequest) -> HttpResponseBase | None:
     if request.method != "POST" or (refused := refusal()) is None:
         return None
     return refused_reply(request, refused)
 
 
-def refused_reply(request: HttpRequest, refused: Refusal) -> HttpResponse | None:
+def refused_reply(request: HttpRequest, refused: Refusal) -> HttpResponseBase | None:
     """The busy answer if this request is for a view that starts a reply, else None (let it through)."""
     try:
         view = resolve(request.path_info).func
@@ -187,9 +190,21 @@ def refused_reply(request: HttpRequest, refused: Refusal) -> HttpResponse | None
         return None
     if not getattr(view, "starts_a_reply", False):
         return None
-    response = busy_response(request, refused)
-    response["X-Content-Type-Options"] = "nosniff"  # SecurityMiddleware, which would say so, comes later
-    return response
+    return with_security_headers(request, busy_response(request, refused))
+
+
+def with_security_headers(request: HttpRequest, response: HttpResponseBase) -> HttpResponseBase:
+    """The headers the middleware after the refusal would have added (HSTS, nosniff, Referrer-Policy,
+    Cross-Origin-Opener-Policy, X-Frame-Options) and the Content-Security-Policy, which the refusal in
+    project.asgi comes before too: a 503 is a page like any other."""
+    # Made as Django makes them (they read their settings then); only their response half is called.
+    for middleware in (SecurityMiddleware(_not_called), XFrameOptionsMiddleware(_not_called)):
+        response = middleware.process_response(request, response)
+    return with_policy(request, response)
+
+
+def _not_called(request: HttpRequest) -> HttpResponseBase:
+    raise AssertionError("only the response half of these middleware is used")
 
 
 def busy_response(request: HttpRequest, refused: Refusal) -> HttpResponse:

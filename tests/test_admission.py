@@ -106,9 +106,12 @@ def test_a_send_to_a_full_worker_is_refused_before_the_database_is_touched(
     assert "busy with other replies" in response.content.decode()
     assert not Message.objects.exists()
 
+    settings.SECURE_HSTS_SECONDS = 3600
     with django_assert_num_queries(0):
-        response = client.post("/chat/new/", {"text": "A new chat then?"})
+        response = client.post("/chat/new/", {"text": "A new chat then?"}, secure=True)
     assert response.status_code == 503 and response["Retry-After"] == retry_after
+    assert_security_headers(response.headers)
+    assert response["Strict-Transport-Security"].startswith("max-age=3600")
     assert f"Try again in {retry_after} s" in response.content.decode()
     assert Conversation.objects.count() == 1, "a refused first message starts no conversation"
 
@@ -137,6 +140,7 @@ def test_a_worker_at_its_stream_cap_refuses_new_replies_but_finishes_the_ones_it
         assert refused.status_code == 503, refused.text
         assert refused.headers["Retry-After"] == "5"
         assert "busy with other replies" in refused.text and refused.headers["HX-Retarget"] == "#composer-status"
+        assert_security_headers(refused.headers)  # refused in project.asgi, before Django's middleware
         retry = chat.http.post(
             f"/chat/replies/{first.pk}/regenerate/", headers={"X-CSRFToken": chat.csrf, "HX-Request": "true"}
         )
@@ -205,6 +209,15 @@ def test_while_requests_queue_for_a_stuck_database_a_new_reply_is_refused_at_onc
         assert Message.objects.filter(conversation=other).count() == 0
     finally:
         chat.close()
+
+
+def assert_security_headers(headers: Any) -> None:
+    """What every other page carries, on a refusal that every middleware but the CSP's never saw."""
+    assert "script-src 'self'" in headers["Content-Security-Policy"]
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Referrer-Policy"] == "same-origin"
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
 
 
 @contextmanager
