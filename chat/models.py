@@ -298,7 +298,7 @@ class Message(models.Model):
         reply = cls.objects.for_user(user).replies().filter(pk=reply_id, status=Status.QUEUED).first()
         if reply is None:
             return None
-        claimed = Message.objects.filter(pk=reply.pk, status=Status.QUEUED).update(
+        claimed = cls.objects.filter(pk=reply.pk, status=Status.QUEUED).update(
             status=Status.STREAMING, checkpoint_at=now
         )
         if not claimed:
@@ -320,13 +320,14 @@ class Message(models.Model):
             Role.ASSISTANT.value,
             user.pk,
         ]
+        sql, attnames = _claim_statement()
         with connection.cursor() as cursor:
-            cursor.execute(_claim_sql(), params)
+            cursor.execute(sql, params)
             rows = cursor.fetchall()
         if not rows:
             return None
         # Every row repeats the claimed reply's columns after the prompt's three.
-        reply = cls.from_db(connection.alias, _message_attnames(), rows[0][3:])
+        reply = cls.from_db(connection.alias, attnames, rows[0][3:])
         return reply, prompt_from([row[:3] for row in rows])
 
     @classmethod
@@ -428,18 +429,16 @@ ORDER BY earlier.id
 
 
 @functools.cache
-def _message_attnames() -> list[str]:
-    return [field.attname for field in Message._meta.concrete_fields]
-
-
-@functools.cache
-def _claim_sql() -> str:
-    # The claimed row's columns named one by one, in the order from_db expects them.
-    columns = [connection.ops.quote_name(field.column) for field in Message._meta.concrete_fields]
-    return _CLAIM_SQL.format(
+def _claim_statement() -> tuple[str, list[str]]:
+    """_CLAIM_SQL with the claimed row's columns named one by one, and their attribute names in that order,
+    which is the order from_db expects."""
+    fields = Message._meta.concrete_fields
+    columns = [connection.ops.quote_name(field.column) for field in fields]
+    sql = _CLAIM_SQL.format(
         returning=", ".join(f"chat_message.{column}" for column in columns),
         claimed=", ".join(f"claimed.{column}" for column in columns),
     )
+    return sql, [field.attname for field in fields]
 
 
 # The table is Message's.

@@ -275,7 +275,7 @@ class Opened:
 
 
 async def open_reply(
-    message_id: int, *, user: Callable[[], AbstractBaseUser | None], lookup: Callable[[AbstractBaseUser], Message]
+    message_id: int, *, user: Callable[[], AbstractBaseUser | None], lookup: Callable[[], Message]
 ) -> Opened | None:
     """Claim the reply if it is queued and start it, or else look it up, with one thread hop for all of it,
     which gives back the request's database connection if the reply is live. `user` is the request's
@@ -299,9 +299,8 @@ async def open_reply(
             # In the reply's group before the row says `streaming`: a follower in another process that reads
             # the row from then on asks the group, and its `watch` waits here until the claim is decided.
             await hub.join(message_id)
-        found = await sync_to_async(_look_up_and_claim)(message_id, user, lookup, claim=claiming)
-        reply, prompt = found if found is not None else (None, None)
-        if prompt is not None and reply is not None:
+        reply, prompt = await sync_to_async(_look_up_and_claim)(message_id, user, lookup, claim=claiming)
+        if reply is not None and prompt is not None:
             started = live.owned[reply.pk] = Generation(reply, hub, prompt)
             started.hold(HOLD_SECONDS)
             # Its own context, not a copy of this request's: its few database calls then share one
@@ -323,17 +322,17 @@ async def open_reply(
 def _look_up_and_claim(
     message_id: int,
     user_of: Callable[[], AbstractBaseUser | None],
-    lookup: Callable[[AbstractBaseUser], Message],
+    lookup: Callable[[], Message],
     *,
     claim: bool,
-) -> tuple[Message, Prompt | None] | None:
+) -> tuple[Message | None, Prompt | None]:
     if (user := user_of()) is None:
-        return None
+        return None, None
     if claim and (claimed := Message.claim_for(user, message_id)) is not None:
         reply, prompt = claimed
     else:
         # Not claimed: already streaming or finished, another request's, or not this user's (Http404).
-        reply, prompt = lookup(user), None
+        reply, prompt = lookup(), None
         if reply.is_finished:
             return reply, None  # answered at once: the request's end gives back its connection
     # The stream now only waits for parts, for minutes. Measured (bench/RESULTS.md): with a connection

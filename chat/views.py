@@ -276,7 +276,7 @@ def signed_in_user(request: HttpRequest) -> AbstractBaseUser | None:
 async def stream_reply(request: HttpRequest, message_id: int) -> HttpResponse | StreamingHttpResponse:
     # The session, the user, the reply and its claim in one thread hop (see streaming.open_reply).
     opened = await streaming.open_reply(
-        message_id, user=lambda: signed_in_user(request), lookup=lambda _: users_reply(request, message_id)
+        message_id, user=lambda: signed_in_user(request), lookup=lambda: users_reply(request, message_id)
     )
     if opened is None:
         # An EventSource cannot follow a login redirect; a 401 makes it stop and the page can say why.

@@ -36,7 +36,7 @@ def late_claim(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
 async def open_stream(reply: Message) -> streaming.Opened:
     """What a stream request for this reply opens (streaming.open_reply, as the view calls it)."""
     opened = await streaming.open_reply(
-        reply.pk, user=lambda: reply.conversation.user, lookup=lambda _: Message.objects.get(pk=reply.pk)
+        reply.pk, user=lambda: reply.conversation.user, lookup=lambda: Message.objects.get(pk=reply.pk)
     )
     assert opened is not None
     return opened
