@@ -176,6 +176,9 @@ class BrowserStream:
     headers: httpx.Headers
     raw: str
     events: list[StreamEvent] = field(default_factory=list)
+    # When stop_after ended the read, taken just before the connection closed: no server can have seen
+    # the browser leave before this moment, so a timer counted from the departure cannot start earlier.
+    left_at: float | None = None
 
     def names(self) -> list[str]:
         return [e.event for e in self.events]
@@ -264,6 +267,7 @@ class ChatClient:
                     event.at = now
                     result.events.append(event)
                 if stop_after and stop_after(result):
+                    result.left_at = time.monotonic()
                     break  # leaving the with-block closes the connection, as a closed tab does
         return result
 

@@ -255,10 +255,9 @@ def test_a_browser_that_goes_away_cancels_the_upstream_request_within_a_second(c
     sim.enqueue(LONG)
     reply = chat.ask(chat.conversation())
     stream = chat.stream(reply, stop_after=lambda s: len(s.text()) > 30)
-    left_at = time.monotonic()
     [request] = sim.wait_for(lambda log: log and log[0].closed_at is not None)
     assert request.end == "client_closed"
-    assert request.closed_at - left_at < 1.0
+    assert request.closed_at - stream.left_at < 1.0
     reply = wait_for_status(reply, {Status.CANCELLED})
     assert reply.content.startswith(stream.text())
     assert len(reply.content) < len(sim.expected_text(LONG))
