@@ -20,6 +20,7 @@ from chat.live import TEXT, THINKING, LiveReply, Shutdown
 from chat.models import Message, Prompt, Status, UsageSource
 from chat.providers import (
     Event,
+    Provider,
     ProviderError,
     Stop,
     StreamError,
@@ -50,14 +51,17 @@ class Generation(LiveReply):
     def __init__(self, reply: Message, hub: fanout.Hub, prompt: Prompt) -> None:
         super().__init__(reply)
         self.hub = hub
-        self.prompt = prompt
+        # Held only until the first token, after which no retry can use it: a long conversation then
+        # lives once per open stream, as the request body (providers.http.request_body), not twice.
+        self.prompt: Prompt | None = prompt
+        turns, system = prompt
+        self.prompt_chars = sum(len(turn.content) for turn in turns) + len(system)
         self.remote = fanout.Subscribers()
         self.task: asyncio.Task[None] | None = None
         self.running = False
         self.stop_reason_requested = ""
         self.usage: Usage | None = None
         self.stop_reason = ""
-        self.prompt_chars = 0
         self.started = time.monotonic()
         self.first_token_at: float | None = None
         self.saved_version = 0  # parts already in the row's last checkpoint
@@ -77,6 +81,7 @@ class Generation(LiveReply):
     def _publish(self, kind: int, text: str) -> None:
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
+            self.prompt = None
         self.parts.append(text)
         self.kinds.append(kind)
         for waker in self.watchers:
@@ -154,16 +159,11 @@ class Generation(LiveReply):
         await asyncio.shield(self._finish(status=status, error=error))
 
     async def _generate(self) -> None:
-        reply = self.reply
-        turns, system = self.prompt
-        self.prompt_chars = sum(len(turn.content) for turn in turns) + len(system)
-        provider = catalog.provider_named(reply.provider)
+        provider = catalog.provider_named(self.reply.provider)
         for attempt in range(settings.CHAT_MAX_RETRIES + 1):
             try:
-                events = provider.stream(
-                    model=reply.model, messages=turns, system=system, max_tokens=settings.CHAT_MAX_TOKENS
-                )
-                await self._consume(events)
+                # No local here names the prompt: this frame is suspended for the whole reply.
+                await self._consume(self._request(provider))
                 return
             except ProviderError as exc:
                 # Retrying after the first token would show the user a second, different reply.
@@ -173,6 +173,13 @@ class Generation(LiveReply):
                 self._announce(f"{exc.message} Retrying in {delay:.0f} s…")
                 await asyncio.sleep(delay)
                 self._announce("")
+
+    def _request(self, provider: Provider) -> AsyncIterator[Event]:
+        assert self.prompt is not None, "a retry after the first token"
+        turns, system = self.prompt
+        return provider.stream(
+            model=self.reply.model, messages=turns, system=system, max_tokens=settings.CHAT_MAX_TOKENS
+        )
 
     async def _consume(self, events: AsyncIterator[Event]) -> None:
         # Partial text is saved about once a second, but by this process's checkpointer, which writes

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator
+import tracemalloc
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
@@ -23,6 +27,7 @@ from chat.providers import (
     build_provider,
 )
 from chat.providers.http import aclose_shared_client, configure_client
+from tests.conftest import ROOT
 from tests.fake_upstream import FakeUpstream, Scenario
 
 SHORT = "Ré 世界 🎉 ok"  # 2-, 3- and 4-byte characters: splits land inside each kind
@@ -194,3 +199,42 @@ async def test_the_demo_model_needs_no_network() -> None:
     assert full[2] == "end_turn" and full[3].output_tokens > 100
     cut = summary([e async for e in provider.stream(model="demo", messages=HELLO, max_tokens=10)])
     assert full[0].startswith(cut[0]) and cut[0] != full[0] and cut[2] == "max_tokens"
+
+
+@pytest.fixture(scope="module")
+def simulator_process() -> Iterator[str]:
+    """The simulator in a process of its own, so its copy of a request is not counted in this one's memory."""
+    argv = [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--tokens", "100", "--interval", "0.05"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT) as process:
+        try:
+            line = process.stdout.readline()  # type: ignore[union-attr]
+            assert line.startswith("fake upstream listening on "), line
+            yield line.rsplit(" ", 1)[1].strip()
+        finally:
+            process.terminate()
+
+
+CONVERSATION_CHARS = 4_000_000
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_an_open_stream_holds_its_conversation_once(simulator_process: str, name: str, transport: str) -> None:
+    base_url = simulator_process + ("/v1" if name == "openai" else "")
+    provider = build_provider(name, api_key="sk-test-key", base_url=base_url, timeouts=Timeouts(connect=5, idle=10))
+    gc.collect()
+    tracemalloc.start()
+    try:
+        turns = [Turn(role="user", content="x" * CONVERSATION_CHARS)]
+        stream = provider.stream(model="m", messages=turns, max_tokens=100)
+        del turns  # the caller's copy goes, as the Generation's does at the first token
+        async for event in stream:
+            if isinstance(event, TextDelta):
+                break
+        gc.collect()
+        held, _ = tracemalloc.get_traced_memory()
+        await stream.aclose()
+    finally:
+        tracemalloc.stop()
+    # Once: the request body, which httpx keeps while the response is open. Before, the provider's
+    # generator also kept the turns, and httpx's stream() its JSON text: three copies, 12 MB.
+    assert CONVERSATION_CHARS <= held < 1.5 * CONVERSATION_CHARS, f"{held / 1e6:.1f} MB held at the first token"

@@ -11,7 +11,11 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from chat import pricing
+from chat.live import TEXT
 from chat.models import Message, Status
+from chat.providers import Turn
+from chat.streaming import Generation
 from tests.conftest import ChatClient, wait_for_status
 from tests.fake_upstream import Scenario
 
@@ -349,3 +353,16 @@ def test_the_demo_model_streams_markdown_offline(chat: ChatClient, sim) -> None:
     assert reply.cost == 0 and reply.usage_source == "provider"
     assert "<h2>Hello from the demo model</h2>" in stream.events[-1].data
     assert_seen_equals_stored(stream, reply)
+
+
+def test_a_generation_lets_go_of_its_prompt_at_its_first_token() -> None:
+    # Kept for retries until then; afterwards no retry can happen, and an open stream of a long conversation
+    # would otherwise hold it for minutes beside the request body.
+    turns = [Turn(role="user", content="x" * 4000)]
+    generation = Generation(Message(pk=1, role="assistant"), hub=None, prompt=(turns, "be brief"))  # type: ignore[arg-type]
+    assert generation.prompt == (turns, "be brief")
+    generation._publish(TEXT, "Hi")
+    assert generation.prompt is None
+    # Its size is kept: a reply stopped before the provider counted its prompt is estimated from it.
+    usage = generation.final_usage(content="Hi", thinking="")
+    assert usage.input_tokens == pricing.estimate_tokens(chars=4008) and usage.source == "estimated"

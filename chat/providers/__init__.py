@@ -87,7 +87,10 @@ class Provider(ABC):
     def stream(
         self, *, model: str, messages: Sequence[Turn], system: str = "", max_tokens: int = 4096
     ) -> AsyncIterator[Event]:
-        """Yield events until the reply's final event; raise ProviderError when it cannot get there."""
+        """An iterator of events up to the reply's final event; it raises ProviderError when it cannot get there.
+
+        Not an async generator itself: it reads the conversation before it returns, and the iterator
+        keeps none of it, since a generator's arguments live as long as it does (for a whole reply)."""
 
 
 def build_provider(

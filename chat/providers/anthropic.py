@@ -18,7 +18,7 @@ from . import (
     Usage,
     UsageUpdate,
 )
-from .http import LOST, decode, open_sse, reported_error
+from .http import LOST, decode, open_sse, reported_error, request_body
 
 OFFICIAL_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -33,7 +33,7 @@ class AnthropicProvider(Provider):
         self.base_url = (base_url or OFFICIAL_BASE_URL).rstrip("/")
         self.timeouts = timeouts
 
-    async def stream(
+    def stream(
         self, *, model: str, messages: Sequence[Turn], system: str = "", max_tokens: int = 4096
     ) -> AsyncIterator[Event]:
         payload: dict[str, Any] = {
@@ -44,10 +44,13 @@ class AnthropicProvider(Provider):
         }
         if system:
             payload["system"] = system
+        return self._events(request_body(payload))
+
+    async def _events(self, body: bytes) -> AsyncIterator[Event]:
         headers = {"x-api-key": self.api_key, "anthropic-version": API_VERSION}
         parser = MessageStreamParser()
         async with open_sse(
-            url=f"{self.base_url}/v1/messages", payload=payload, headers=headers, timeouts=self.timeouts
+            url=f"{self.base_url}/v1/messages", body=body, headers=headers, timeouts=self.timeouts
         ) as events:
             async for sse in events:
                 if not sse.data:

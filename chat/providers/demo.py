@@ -52,14 +52,18 @@ class DemoProvider(Provider):
     def __init__(self, *, interval: float = 0.03) -> None:
         self.interval = interval
 
-    async def stream(
+    def stream(
         self, *, model: str, messages: Sequence[Turn], system: str = "", max_tokens: int = 4096
     ) -> AsyncIterator[Event]:
         question = messages[-1].content if messages else ""
         quoted = " ".join(question.split())[:200] or "(nothing)"
         prompt_tokens = sum(len(pieces(turn.content)) for turn in messages) + len(pieces(system))
+        return self._events(
+            text=pieces(REPLY.format(question=quoted))[:max_tokens], prompt_tokens=prompt_tokens, max_tokens=max_tokens
+        )
+
+    async def _events(self, *, text: list[str], prompt_tokens: int, max_tokens: int) -> AsyncIterator[Event]:
         thinking = pieces(THINKING)
-        text = pieces(REPLY.format(question=quoted))[:max_tokens]
         await asyncio.sleep(self.interval * 5)  # a model takes a moment before its first token
         yield UsageUpdate(Usage(input_tokens=prompt_tokens, cache_read_tokens=0, cache_write_tokens=0))
         for piece in thinking:

@@ -51,19 +51,28 @@ def _new_client() -> httpx.AsyncClient:
     return httpx.AsyncClient(limits=limits, trust_env=False)
 
 
+def request_body(payload: dict[str, Any]) -> bytes:
+    """The request's JSON as the bytes sent, built before the stream opens.
+
+    An adapter builds it in `stream()` and hands its event generator only these bytes, so an open stream
+    holds the conversation once (httpx keeps the body for as long as the response lives) instead of also
+    as turns and as JSON text for minutes. UTF-8 rather than ASCII escapes: a non-Latin prompt is half the size
+    or less on the wire and in memory.
+    """
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 @asynccontextmanager
 async def open_sse(
-    *, url: str, payload: dict[str, Any], headers: dict[str, str], timeouts: Timeouts
+    *, url: str, body: bytes, headers: dict[str, str], timeouts: Timeouts
 ) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
-    """POST and yield the response's SSE events; every failure becomes a ProviderError."""
+    """POST `body` and yield the response's SSE events; every failure becomes a ProviderError."""
     # No read timeout for the client: the IdleTimer below is the same rule at a fraction of the cost.
     timeout = httpx.Timeout(connect=timeouts.connect, read=None, write=timeouts.connect, pool=timeouts.connect)
     headers = {**headers, "accept": "text/event-stream", "content-type": "application/json"}
     idle = IdleTimer(timeouts.idle)
     try:
-        async with shared_client().stream(
-            "POST", url, content=json.dumps(payload), headers=headers, timeout=timeout
-        ) as response:
+        async with shared_client().stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
             idle.touch()
             if response.status_code >= 400:
                 raise await _status_error(response)

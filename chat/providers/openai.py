@@ -18,7 +18,7 @@ from . import (
     Usage,
     UsageUpdate,
 )
-from .http import LOST, decode, open_sse, reported_error
+from .http import LOST, decode, open_sse, reported_error, request_body
 
 OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 # In-band error types that say "try again" rather than "this request is wrong".
@@ -47,13 +47,16 @@ class OpenAIProvider(Provider):
             limit_key: max_tokens,
         }
 
-    async def stream(
+    def stream(
         self, *, model: str, messages: Sequence[Turn], system: str = "", max_tokens: int = 4096
     ) -> AsyncIterator[Event]:
-        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         payload = self.request_payload(model=model, messages=messages, system=system, max_tokens=max_tokens)
+        return self._events(request_body(payload))
+
+    async def _events(self, body: bytes) -> AsyncIterator[Event]:
+        headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
         async with open_sse(
-            url=f"{self.base_url}/chat/completions", payload=payload, headers=headers, timeouts=self.timeouts
+            url=f"{self.base_url}/chat/completions", body=body, headers=headers, timeouts=self.timeouts
         ) as events:
             async for sse in events:
                 if sse.data == "[DONE]":
