@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench import cell, database, procs, results
+from bench.load import QUESTION, question
 from bench.report import Cell
 
 MATRIX = [1, 10, 100, 250, 500, 1000]
@@ -31,6 +32,23 @@ VARIANT_C = 100
 # The bare Django relay (bench/bare.py) at these C, 20 ms, in every run that measures daphne there: what a
 # relay that does nothing costs on the same machine at the same moment, the floor streamchat's numbers stand on.
 REFERENCE_C = [100, 250, 500]
+# The app's default CHAT_MAX_MESSAGE_CHARS: a longer question would be refused, and every send count as an error.
+MAX_QUESTION_CHARS = 32000
+
+
+def question_chars(value: str) -> int:
+    """--question-chars: 0 (the default question), or a length the app accepts that pads the default question."""
+    try:
+        chars = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+    if chars < 0 or chars > MAX_QUESTION_CHARS:
+        raise argparse.ArgumentTypeError(
+            f"{chars} is not from 0 to {MAX_QUESTION_CHARS} (the app's default CHAT_MAX_MESSAGE_CHARS)"
+        )
+    if 0 < chars < len(QUESTION):
+        raise argparse.ArgumentTypeError(f"{chars} would cut the question short: 0, or at least {len(QUESTION)}")
+    return chars
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -57,7 +75,20 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-reference", action="store_true", help="skip the bare relay's reference cells")
     parser.add_argument("--app-dir", help="measure the app of another checkout (e.g. a copy before a change)")
     parser.add_argument("--budget", type=float, default=840, help="seconds; cells that would start later are skipped")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--question-chars",
+        type=question_chars,
+        default=0,
+        metavar="N",
+        help=f"pad every question to N characters, a pasted document (up to {MAX_QUESTION_CHARS}; default 0: "
+        f"{QUESTION!r})",
+    )
+    args = parser.parse_args(argv)
+    # A lower limit set for the run's servers would refuse every send: say so now, not after the warm-up.
+    limits = [item.partition("=")[2] for item in args.env if item.partition("=")[0] == "CHAT_MAX_MESSAGE_CHARS"]
+    if limits and limits[-1].strip().isdigit() and args.question_chars > int(limits[-1]):
+        parser.error(f"--question-chars {args.question_chars} is above --env CHAT_MAX_MESSAGE_CHARS={limits[-1]}")
+    return args
 
 
 def csv(value: str | None, default: list, cast: type = int) -> list:
@@ -155,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     db_url = database.database_url(args.db)
     env = server_env(db_url, args.env)
     cell.OUT.mkdir(parents=True, exist_ok=True)
-    print(f"bench: database {db_url}; servers {servers}; C {concurrency}; intervals {intervals}", flush=True)
+    print(
+        f"bench: database {db_url}; servers {servers}; C {concurrency}; intervals {intervals}; "
+        f"question {len(question(args.question_chars))} characters",
+        flush=True,
+    )
     database.recreate(db_url, env)
     database.setup_django({k: v for k, v in env.items() if k in ("DATABASE_URL", "SECRET_KEY", "DEBUG")})
     setting = cell.Setting(
@@ -166,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         users=database.make_accounts(max([*concurrency, 1000 if capacity else 0])),
         window=args.window,
         direct_share=args.direct_share,
+        question_chars=args.question_chars,
         profile={(s, int(ms), int(c)) for s, ms, c in (p.split(":") for p in args.profile)},
         app_dir=Path(args.app_dir).resolve() if args.app_dir else procs.ROOT,
         quiet_wait_left=30.0 if args.quick else 90.0,
@@ -241,7 +277,12 @@ def main(argv: list[str] | None = None) -> int:
                 "elapsed": elapsed,
                 "code": results.code_state(),
                 "skipped": skipped,
-                "setting": {"tokens": setting.tokens, "ttft": setting.ttft, "direct_share": setting.direct_share},
+                "setting": {
+                    "tokens": setting.tokens,
+                    "ttft": setting.ttft,
+                    "direct_share": setting.direct_share,
+                    "question_chars": setting.question_chars,
+                },
                 "cells": [c.as_dict() for c in cells],
                 "capacity": {s: [lo, hi, [p.as_dict() for p in probes]] for s, (lo, hi, probes) in capacities.items()},
             },

@@ -20,7 +20,7 @@ from django.conf import settings
 from django.http import HttpRequest, StreamingHttpResponse
 from django.urls import path
 
-from bench.load import SIMULATED_REQUEST
+from bench.load import question, simulated_request
 from chat.providers.http import shared_client
 
 settings.configure(
@@ -42,11 +42,13 @@ UPSTREAM = os.environ.get("OPENAI_BASE_URL", "http://127.0.0.1:9/v1").rstrip("/"
 # would count as errors in its log.
 logging.getLogger("asyncio").setLevel(logging.CRITICAL)
 HEADERS = {"content-type": "application/json", "accept": "text/event-stream"}
+# The run's --question-chars (bench/cell.py sets it): the same upstream request as the direct readers send.
+REQUEST = simulated_request(question(int(os.environ.get("BENCH_QUESTION_CHARS", "0"))))
 
 
 async def relay(request: HttpRequest) -> StreamingHttpResponse:
     async def body() -> AsyncIterator[bytes]:
-        async with shared_client().stream("POST", UPSTREAM, content=SIMULATED_REQUEST, headers=HEADERS) as upstream:
+        async with shared_client().stream("POST", UPSTREAM, content=REQUEST, headers=HEADERS) as upstream:
             async for chunk in upstream.aiter_bytes():
                 yield chunk
 

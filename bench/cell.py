@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import database, procs, profile
-from bench.load import Plan, Run
+from bench.load import Plan, Run, question
 from bench.report import Cell, summarise
 
 OUT = procs.ROOT / "bench" / "out"
@@ -29,6 +29,7 @@ class Setting:
     users: list[tuple[int, str, str]]
     window: float | None = None  # seconds; None = by concurrency and interval
     direct_share: float = 0.25
+    question_chars: int = 0  # every question padded to this many characters; 0: the short default question
     profile: set[tuple[str, int, int]] = field(default_factory=set)  # (server, interval ms, C) to profile
     app_dir: Path = procs.ROOT  # the checkout whose app is measured
     # The machine is shared: before measuring, wait (boundedly) for other processes to use less than this.
@@ -74,6 +75,9 @@ def run_cell(
     window = window_seconds(setting, interval, concurrency)
     name = f"{server}-{interval * 1000:g}ms-c{concurrency}" + (f"-{variant}" if variant else "")
     env = {**setting.env, **(extra_env or {}), "OPENAI_BASE_URL": f"{sim_url}/v1"}
+    if server == "bare":
+        # The bare relay has no question of its own to send: it sends the one the direct readers send.
+        env["BENCH_QUESTION_CHARS"] = str(setting.question_chars)
     app, app_url = procs.start_server(server=server, env=env, log=OUT / "logs" / f"{name}.log", app_dir=setting.app_dir)
     cell = Cell(
         server=server,
@@ -95,6 +99,7 @@ def run_cell(
         window_end=ramp + 0.5 + window,
         timeout=max(60.0, 6 * duration),
         bare=server == "bare",
+        question=question(setting.question_chars),
     )
     wanted = (server, round(interval * 1000), concurrency) in setting.profile and not variant
     profile_path = OUT / f"profile-{name}.txt" if wanted else None

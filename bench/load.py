@@ -16,16 +16,38 @@ STREAM_URL = re.compile(rb"/chat/replies/(\d+)/stream/")
 TOKEN = b"tok"  # every simulated token is "tokN"; nothing else on either stream contains it
 APP_DONE, APP_ERROR = b"event: done", b"event: error"
 DIRECT_DONE, DIRECT_ERROR = b"data: [DONE]", b'{"error"'
-# What a direct reader (and the bare relay, bench/bare.py) asks the simulator for: the app's request, in short.
-SIMULATED_REQUEST = json.dumps(
-    {
-        "model": "bench",
-        "messages": [{"role": "user", "content": "Benchmark me"}],
-        "stream": True,
-        "stream_options": {"include_usage": True},
-        "max_tokens": 4096,
-    }
+QUESTION = "Benchmark me"  # what every user asks by default
+# --question-chars pads the question with this, a pasted document: plain prose the form keeps as it is (no
+# markup to escape, no whitespace at the ends to strip) and without the markers the readers look for (TOKEN,
+# the done and error events), so a long question changes what the app stores and sends, not what is timed.
+FILLER = (
+    "The quarterly report covers revenue, costs and the outlook for the next year in some detail. "
+    "Each section lists the figures first and then explains what changed since the last report and why.\n\n"
 )
+
+
+def question(chars: int) -> str:
+    """The question a user sends: QUESTION as it is for 0, else QUESTION and FILLER to exactly `chars`
+    characters (at least len(QUESTION): bench/__main__.py checks)."""
+    if chars <= 0:
+        return QUESTION
+    text = (f"{QUESTION}. {FILLER * (chars // len(FILLER) + 1)}")[:chars]
+    # The form strips whitespace at the ends: a last character that is none keeps the length exact.
+    return text[:-1] + "." if text[-1].isspace() else text
+
+
+def simulated_request(text: str) -> str:
+    """What a direct reader (and the bare relay, bench/bare.py) asks the simulator for: the app's request for
+    a conversation's first question, in short (the app's later requests also carry the earlier turns)."""
+    return json.dumps(
+        {
+            "model": "bench",
+            "messages": [{"role": "user", "content": text}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "max_tokens": 4096,
+        }
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +71,7 @@ class Plan:
     window_end: float  # ... to here; no exchange starts after it
     timeout: float  # per exchange, so every run ends
     bare: bool = False  # app_url is the bare reference relay (bench/bare.py): one GET per reply, no accounts
+    question: str = QUESTION  # the text of every send, and of every direct reader's request
 
 
 @dataclass(slots=True)
@@ -77,6 +100,8 @@ class Run:
         self.out = Collected()
         self.t0 = 0.0
         self.last_token = f"tok{plan.tokens - 1}".encode()
+        # Built once: at 32,000 characters a request per exchange would be the load generator's own cost.
+        self.direct_request = simulated_request(plan.question)
 
     async def run(self, sampler: Callable[[float], object] | None = None) -> Collected:
         plan = self.plan
@@ -146,7 +171,7 @@ class Run:
         try:
             async with asyncio.timeout(self.plan.timeout):
                 headers = {"Cookie": account.cookie, "X-CSRFToken": account.csrf, "HX-Request": "true"}
-                form = {"text": "Benchmark me", "model": "openai:bench", "request_key": uuid.uuid4().hex}
+                form = {"text": self.plan.question, "model": "openai:bench", "request_key": uuid.uuid4().hex}
                 send_url = f"{base}/chat/{account.conversation_id}/messages/"
                 async with http.post(send_url, data=form, headers=headers) as r:
                     body = await r.read()
@@ -186,7 +211,7 @@ class Run:
                 else:
                     headers = {"content-type": "application/json", "accept": "text/event-stream"}
                     url = f"{self.plan.sim_url}/v1/chat/completions"
-                    request = http.post(url, data=SIMULATED_REQUEST, headers=headers)
+                    request = http.post(url, data=self.direct_request, headers=headers)
                 async with request as r:
                     if r.status != 200:
                         ex.error = f"{'relay' if via_relay else 'direct'} HTTP {r.status}"

@@ -10,6 +10,7 @@ from importlib import metadata
 
 from bench import procs
 from bench.cell import Setting, direct_readers
+from bench.load import QUESTION
 from bench.report import EXTRA_EVENTS_PER_REPLY, SERVER_LABELS, Cell, category_table, fmt, profile_table, table
 
 PACKAGES = [
@@ -184,6 +185,16 @@ def reference_section(cells: list[Cell]) -> list[str]:
     return [*lines, ""]
 
 
+def asked(setting: Setting) -> str:
+    """What every user sends, for the Workload line."""
+    if not setting.question_chars:
+        return f"every question `{QUESTION}` ({len(QUESTION)} characters)"
+    return (
+        f"every question padded to {setting.question_chars:,} characters of prose (`--question-chars "
+        f"{setting.question_chars}`, a pasted document), and the direct readers' request carries one as long"
+    )
+
+
 def document(
     *,
     cells: list[Cell],
@@ -206,8 +217,8 @@ def document(
         f"simulator and load generator on core {procs.LOAD_CORE}; the database server is not pinned.",
         f"- **Versions:** {versions()}; database {db}. Code: {code or code_state()}.",
         f"- **Workload:** {setting.tokens} tokens per reply (+4 other upstream events), simulated TTFT "
-        f"{setting.ttft * 1000:g} ms, OpenAI wire format from `tests/fake_upstream.py`; production settings "
-        "(DEBUG off); each cell starts a fresh server process.",
+        f"{setting.ttft * 1000:g} ms, OpenAI wire format from `tests/fake_upstream.py`; {asked(setting)}; "
+        "production settings (DEBUG off); each cell starts a fresh server process.",
         "- **Load:** C logged-in users, each in a closed loop of POST send → GET the reply's stream → read to "
         "`done`; first starts spread over one reply length, measured over a steady-state window after it. "
         "At the same moments direct readers "
@@ -325,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         env={},
         users=[],
         direct_share=given.get("direct_share", 0.25),
+        question_chars=given.get("question_chars", 0),  # runs before the option asked the short question
     )
     from bench.database import server_version, setup_django
 
