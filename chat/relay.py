@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from html import escape
 
 from django.conf import settings
 from django.template.loader import render_to_string
-from django.utils.html import escape, format_html
-from django.utils.safestring import mark_safe
 
 from chat import sse, streaming
 from chat.live import TEXT, THINKING, LiveReply
@@ -139,21 +138,25 @@ class LiveView:
             chunk += sse.event("text", data, id=self.last_id)
         return chunk
 
+    # The swaps are built from literals, the reply's integer pk and nh3's sanitized markdown HTML; the raw
+    # text is escaped with the standard library's escape, which gives Django's output without its lazy-string
+    # checks (format_html and Django's escape were 2.7 % of the relay's CPU at C=100, README Decisions).
+
     def _thinking(self, thinking: str) -> str:
         data = escape(thinking)
         if self.replace_thinking:
             self.replace_thinking = False
-            data += format_html('<div hx-swap-oob="innerHTML:#thinking-{}"></div>', self.pk)
+            data += f'<div hx-swap-oob="innerHTML:#thinking-{self.pk:d}"></div>'
         return data
 
     def _render(self, *, final: bool) -> str:
-        frozen, tail = self.markdown.flush(final=final)
+        frozen, tail = self.markdown.flush(final=final)  # sanitized HTML (rendering.LiveMarkdown)
         swaps = ""
         if frozen or self.replace_blocks:
             how = "innerHTML" if self.replace_blocks else "beforeend"
-            swaps += format_html('<div hx-swap-oob="{}:#blocks-{}">{}</div>', how, self.pk, mark_safe(frozen))  # noqa: S308
+            swaps += f'<div hx-swap-oob="{how}:#blocks-{self.pk:d}">{frozen}</div>'
             self.replace_blocks = False
-        return swaps + format_html('<div hx-swap-oob="innerHTML:#tail-{}">{}</div>', self.pk, mark_safe(tail))  # noqa: S308
+        return swaps + f'<div hx-swap-oob="innerHTML:#tail-{self.pk:d}">{tail}</div>'
 
 
 def final_events(reply: Message, *, next_id: int) -> list[str]:

@@ -18,6 +18,7 @@ import socket
 import sys
 import threading
 import time
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -89,6 +90,7 @@ class Scenario:
     silent_after: int | None = None  # after N content deltas send nothing until the client goes away
     malformed_after: int | None = None  # after N content deltas send a broken JSON data line, then go on
     crlf: bool = False  # \r\n line endings in the SSE framing
+    gzip: bool = False  # Content-Encoding: gzip, flushed after every write so the stream still streams
     comments: bool = False  # interleave ": keep-alive" comments and, for Anthropic, ping events
     # "event": one write per SSE event; "byte": one byte per write; int or list of ints: the whole body is
     # serialised first and written in pieces cut at those byte offsets (no interval pacing then).
@@ -624,6 +626,8 @@ class FakeUpstream:
             ids = {"request-id": f"req_{secrets.token_hex(8)}"}
         items = _with_faults(items, len(split_deltas(sc.content())), sc, provider)
 
+        if sc.gzip:
+            ids["content-encoding"] = "gzip"
         resp = web.StreamResponse(
             status=200, headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", **ids}
         )
@@ -652,8 +656,9 @@ class FakeUpstream:
             # Parked until the client closes; handler cancellation turns that into client_closed.
             await asyncio.get_running_loop().create_future()
         try:
+            await stream.end()
             await resp.write_eof()
-        except ConnectionError:
+        except (ConnectionError, _ClientGone):
             self._finish(rec, "client_closed")
             logger.info("client closed %s before end of stream", rec.path)
             return resp
@@ -716,25 +721,36 @@ class FakeUpstream:
 class _Stream:
     """Writes one response body, tracking the record and noticing a departed client before each write."""
 
-    __slots__ = ("rec", "request", "resp", "up", "writer")
+    __slots__ = ("compressor", "rec", "request", "resp", "up", "writer")
 
     def __init__(
         self, up: FakeUpstream, request: web.Request, resp: web.StreamResponse, writer: Any, rec: RequestRecord
     ) -> None:
         self.up, self.request, self.resp, self.writer, self.rec = up, request, resp, writer, rec
+        # wbits=31: a gzip member, as a server behind a compressing proxy sends it.
+        self.compressor = zlib.compressobj(wbits=31) if rec.scenario.gzip else None
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, *, final: bool = False) -> None:
         transport = self.request.transport
         if transport is None or transport.is_closing():
             raise _ClientGone
         if self.rec.first_byte_at is None:
             with self.up._lock:
                 self.rec.first_byte_at = time.monotonic()
+        if self.compressor is not None:
+            # A sync flush per write, or the compressor would hold the events back until the end.
+            mode = zlib.Z_FINISH if final else zlib.Z_SYNC_FLUSH
+            data = self.compressor.compress(data) + self.compressor.flush(mode)
         try:
             await self.resp.write(data)
             await self.writer.drain()
         except ConnectionError as exc:
             raise _ClientGone from exc
+
+    async def end(self) -> None:
+        """A clean end: a compressed body closes its gzip member (its trailer), a plain one has nothing to add."""
+        if self.compressor is not None:
+            await self._write(b"", final=True)
 
     def _count_delta(self, n: int = 1) -> None:
         with self.up._lock:

@@ -238,3 +238,12 @@ async def test_an_open_stream_holds_its_conversation_once(simulator_process: str
     # Once: the request body, which httpx keeps while the response is open. Before, the provider's
     # generator also kept the turns, and httpx's stream() its JSON text: three copies, 12 MB.
     assert CONVERSATION_CHARS <= held < 1.5 * CONVERSATION_CHARS, f"{held / 1e6:.1f} MB held at the first token"
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_a_gzip_encoded_stream_is_decoded(sim: FakeUpstream, name: str, transport: str) -> None:
+    # A compressing proxy in front of a server; an unencoded body is read raw, this one must not be.
+    sim.enqueue(Scenario(gzip=True, text=SHORT, thinking="…🤔"))
+    text, thinking, stop, usage = summary(await collect(adapter(name, sim)))
+    assert (text, thinking) == (SHORT, "…🤔")
+    assert stop and usage.output_tokens is not None
