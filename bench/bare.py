@@ -1,7 +1,7 @@
 """The reference point: the least a Django relay can do, measured by the same load in the same run.
 
 One async view that POSTs the simulated request upstream through the app's own shared httpx client
-(chat.providers.http: httpx on aiohttp, a pool as large as the load) and hands every upstream chunk to the
+(chat.streaming.providers.http: httpx on aiohttp, a pool as large as the load) and hands every upstream chunk to the
 browser as it comes: no session, no database, no parsing, no rendering, no middleware. Served by
 daphne like the app, on the same core, it shows what daphne, Django's ASGI handler and the HTTP
 client cost on this machine by themselves, so streamchat's own share is the difference.
@@ -21,7 +21,7 @@ from django.http import HttpRequest, StreamingHttpResponse
 from django.urls import path
 
 from bench.load import question, simulated_request
-from chat.providers.http import shared_client
+from chat.streaming.providers.http import shared_client
 
 settings.configure(
     DEBUG=False,

@@ -59,16 +59,25 @@ CATEGORIES = [
     ("checkpoint writes", ("checkpoint_many", "SQLUpdateCompiler")),
     ("DB reads: session, user, reply, prompt", ("QuerySet.get", "_fetch_all", "SessionStore", "Message.claim")),
     ("relay: markdown render + sanitise", ("rendering.py", "LiveView._render")),
-    ("relay: watch loop + SSE encoding", ("chat/relay.py", "chat/sse.py", "chat/live.py")),
-    ("upstream: read + parse (httpx, aiohttp, SSE framing, json)", ("chat/providers", "httpx", "httpcore", "aiohttp/")),
-    ("generation loop", ("chat/streaming.py", "chat/fanout.py")),
+    (
+        "relay: watch loop + SSE encoding",
+        ("streaming/relay.py", "streaming/sse.py", "streaming/live.py"),
+    ),
+    (
+        "upstream: read + parse (httpx, aiohttp, SSE framing, json)",
+        ("chat/streaming/providers", "httpx", "httpcore", "aiohttp/"),
+    ),
+    (
+        "generation loop",
+        ("streaming/generation.py", "streaming/control.py", "streaming/checkpoints.py", "streaming/fanout.py"),
+    ),
 ]
 # ... else the layer of the frame nearest the leaf that belongs to one of these (servers sit at every root).
 LAYERS = [
     ("other database (connect, close, psycopg)", ("psycopg", "django/db")),
     ("daphne / Twisted (HTTP out)", ("daphne/", "twisted/")),
     ("uvicorn (HTTP out)", ("uvicorn/", "httptools")),
-    ("Django ASGI handler + middleware", ("django/", "whitenoise/", "chat/csp.py", "project/middleware.py")),
+    ("Django ASGI handler + middleware", ("django/", "whitenoise/", "chat/csp.py", "project/tuning/middleware.py")),
     ("thread hops (asgiref, executor, threading)", ("asgiref/", "concurrent/futures", "threading.py")),
     ("event loop (asyncio, selectors)", ("asyncio/", "selectors.py")),
 ]

@@ -96,7 +96,7 @@ def measure(replies: int) -> dict[str, float]:
             for _ in range(replies):
                 await one(client)
             cpu = time.process_time() - started
-        from chat.providers.http import aclose_shared_client
+        from chat.streaming.providers.http import aclose_shared_client
 
         await aclose_shared_client()
         return cpu

@@ -45,7 +45,7 @@ def measure(requests: int, history: int = 0) -> dict[str, float]:
     from django.contrib.auth import get_user_model
     from django.test import Client
 
-    from chat import limits
+    from chat.costs import limits
     from chat.models import Conversation
 
     user = get_user_model().objects.create_user(username=f"send-{uuid.uuid4().hex[:12]}")

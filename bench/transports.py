@@ -1,8 +1,8 @@
 """python -m bench.transports: the upstream half alone, per httpx transport — CPU per event through the
-app's own provider code (chat.providers.openai over chat.providers.http), C streams from the simulator.
+app's own provider code (chat.streaming.providers: openai over http), C streams from the simulator.
 
 A third reader, "aiohttp+lines", is the app on the aiohttp transport with httpx-sse's line-by-line reader
-in place of chat.providers.eventstream's byte framing, to weigh that choice in the same run."""
+in place of chat.streaming.providers.eventstream's byte framing, to weigh that choice in the same run."""
 
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ def cpu_now() -> float:
 
 
 async def read_all(*, base_url: str, streams: int, rounds: int) -> tuple[int, float, float]:
-    from chat.providers import TextDelta, Timeouts, Turn
-    from chat.providers.http import aclose_shared_client
-    from chat.providers.openai import OpenAIProvider
+    from chat.streaming.providers import TextDelta, Timeouts, Turn
+    from chat.streaming.providers.http import aclose_shared_client
+    from chat.streaming.providers.openai import OpenAIProvider
 
     provider = OpenAIProvider(api_key="sk-bench", base_url=base_url, timeouts=Timeouts(connect=30, idle=60))
     turns = [Turn(role="user", content="Benchmark me")]
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     import django
 
     django.setup()
-    from chat.providers import http
+    from chat.streaming.providers import http
 
     # The reader gets core 0 (where the relay runs in the full benchmark), the simulator core 1.
     os.sched_setaffinity(0, {int(procs.SERVER_CORE)})

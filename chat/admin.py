@@ -16,8 +16,8 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 
-from chat import pricing, reports
-from chat.limits import default_budget, month_start
+from chat.costs import pricing, reports
+from chat.costs.limits import default_budget, month_start
 from chat.models import Conversation, Message, ModelPrice, Role, SpendingLimit
 from chat.templatetags.chat_tags import usd
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 
-from chat import catalog
+from chat.streaming import catalog
 
 
 class MessageForm(forms.Form):

@@ -14,10 +14,11 @@ from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, re
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import admission, catalog, limits, relay, sse, streaming
+from chat.costs import limits
 from chat.forms import MessageForm, NewConversationForm, RenameForm, SettingsForm
 from chat.models import Conversation, Message, NotTheLatestReply
 from chat.sidebar import BadPosition, Sidebar
+from chat.streaming import admission, catalog, control, relay, sse
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AbstractBaseUser
@@ -274,8 +275,8 @@ def signed_in_user(request: HttpRequest) -> AbstractBaseUser | None:
 
 @require_GET
 async def stream_reply(request: HttpRequest, message_id: int) -> HttpResponse | StreamingHttpResponse:
-    # The session, the user, the reply and its claim in one thread hop (see streaming.open_reply).
-    opened = await streaming.open_reply(
+    # The session, the user, the reply and its claim in one thread hop (see control.open_reply).
+    opened = await control.open_reply(
         message_id, user=lambda: signed_in_user(request), lookup=lambda: users_reply(request, message_id)
     )
     if opened is None:
@@ -290,7 +291,7 @@ async def stop_reply(request: HttpRequest, message_id: int) -> HttpResponse:
     # login_required has already loaded the user for this async view: reuse it rather than reload it in a thread.
     user = await request.auser()
     reply = await aget_object_or_404(Message.objects.for_user(user).replies(), pk=message_id)
-    await streaming.request_stop(reply)
+    await control.request_stop(reply)
     # The reply's own stream delivers the stopped bubble; nothing to swap here.
     return HttpResponse(status=204)
 

@@ -56,10 +56,11 @@ INSTALLED_APPS = [
 ]
 
 # Under ASGI the run of Django's own middleware from SecurityMiddleware to XFrameOptionsMiddleware runs in
-# one thread hop per request half (project/middleware.py); keep other middleware outside that run.
+# one thread hop per request half (project/tuning/middleware.py); keep other middleware outside that run.
 MIDDLEWARE = [
+    "chat.streaming.lifecycle.upkeep_middleware",
     "chat.csp.csp_middleware",
-    "chat.admission.admission_middleware",
+    "chat.streaming.admission.admission_middleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -69,7 +70,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
-    "chat.admission.DatabaseBusyMiddleware",
+    "chat.streaming.admission.DatabaseBusyMiddleware",
 ]
 
 ROOT_URLCONF = "project.urls"
@@ -110,7 +111,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 # with it connections are bounded and reused, and a request beyond the pool waits for one instead.
 DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 20)
 # Seconds a request waits for a pooled connection before it is answered 503 with Retry-After
-# (chat.admission): psycopg-pool's own 30 s outlasts a PaaS router's wait for a response.
+# (chat.streaming.admission): psycopg-pool's own 30 s outlasts a PaaS router's wait for a response.
 DATABASE_POOL_TIMEOUT = env_float("DATABASE_POOL_TIMEOUT", 10)
 if DATABASE_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
@@ -127,7 +128,7 @@ else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 # Sessions are read from the cache, falling back to the database: one query fewer for each of a reply's two
-# requests, both before its first token (README, Decisions). The cache is shared exactly as widely as the
+# requests, both before its first token (docs/decisions/0019). The cache is shared exactly as widely as the
 # processes are: Redis when REDIS_URL is set (several workers, so a logout anywhere ends the session
 # everywhere), this process's memory when it is not (the in-memory channel layer means one process).
 if REDIS_URL:
@@ -233,7 +234,10 @@ CHAT_INTERRUPTED_AFTER = env_float("CHAT_INTERRUPTED_AFTER", 30)
 # "aiohttp" (httpx API over aiohttp's transport, measured fastest) or "httpx" (httpx's own).
 CHAT_HTTP_TRANSPORT = os.environ.get("CHAT_HTTP_TRANSPORT", "aiohttp")
 CHAT_MAX_CONNECTIONS = env_int("CHAT_MAX_CONNECTIONS", 2000)
-# Perf knob: sys.setswitchinterval for the worker, in seconds; 0 keeps Python's 5 ms (see bench/RESULTS.md).
+# The framework patches of project/tuning/ (its docstring lists them); 0 serves stock Django, which is slower
+# under load but must behave the same: CI runs the whole suite once that way.
+CHAT_TUNING = env_bool("CHAT_TUNING", True)
+# Perf knob (project/tuning/switch_interval.py): sys.setswitchinterval, in seconds; 0 keeps Python's 5 ms.
 CHAT_SWITCH_INTERVAL = env_float("CHAT_SWITCH_INTERVAL", 0)
 # A reply nobody watches (every tab closed) is cancelled after this many seconds; 0 cancels it the
 # moment the last watcher leaves. Long enough to survive a refresh or a network switch.
@@ -245,19 +249,19 @@ CHAT_FOLLOWER_LEASE = env_float("CHAT_FOLLOWER_LEASE", 15)
 CHAT_DEMO_INTERVAL = env_float("CHAT_DEMO_INTERVAL", 0.03)
 # In DEBUG `make run` creates this local account; production never has a default account.
 CHAT_DEMO_USER = os.environ.get("CHAT_DEMO_USER", "demo")
-# Spending and abuse limits (chat/limits.py). The budget is USD per user per calendar month (UTC),
+# Spending and abuse limits (chat/costs/limits.py). The budget is USD per user per calendar month (UTC),
 # a string read as a Decimal; unset means no limit, and a user's own SpendingLimit (admin) wins over it.
 CHAT_MONTHLY_BUDGET_USD = os.environ.get("CHAT_MONTHLY_BUDGET_USD", "").strip() or None
 # Per user: replies being written at once, and replies started per minute (a send, Retry, Regenerate
 # or Continue each starts one); 0 switches a limit off.
 CHAT_MAX_CONCURRENT_REPLIES = env_int("CHAT_MAX_CONCURRENT_REPLIES", 3)
-# Per worker (chat/admission.py): past either, a new reply is refused at once with 503 and Retry-After.
+# Per worker (chat/streaming/admission.py): past either, a new reply is refused at once with 503 and Retry-After.
 # The event loop's lag in seconds above which the worker is full (0: off), and a cap on the replies
 # it writes at once (0: none; set it to the capacity `python -m bench` measures on your machine).
 CHAT_MAX_LAG = env_float("CHAT_MAX_LAG", 5)
 CHAT_MAX_STREAMS = env_int("CHAT_MAX_STREAMS", 0)
 # Refuse new replies when a request would wait longer than this for a database connection (0: never):
-# by default the wait after which it would be refused anyway. Measured (README, Decisions): half of it
-# refused a third of the replies at C=500 that the queue would have served.
+# by default the wait after which it would be refused anyway. Measured (docs/decisions/0013): half of it
+# refused 380 of 804 replies at C=500 (47 %) that the queue would have served.
 CHAT_MAX_DB_WAIT = env_float("CHAT_MAX_DB_WAIT", DATABASE_POOL_TIMEOUT)
 CHAT_MESSAGES_PER_MINUTE = env_int("CHAT_MESSAGES_PER_MINUTE", 20)

@@ -14,9 +14,9 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from chat import admission
-from chat.admission import Pressure
 from chat.models import Conversation, Message, Status
+from chat.streaming import admission
+from chat.streaming.admission import Pressure
 from tests.conftest import ChatClient, skip_without_connection_pool, wait_for_status
 from tests.fake_upstream import Scenario
 
@@ -140,7 +140,9 @@ def test_a_worker_at_its_stream_cap_refuses_new_replies_but_finishes_the_ones_it
         assert refused.status_code == 503, refused.text
         assert refused.headers["Retry-After"] == "5"
         assert "busy with other replies" in refused.text and refused.headers["HX-Retarget"] == "#composer-status"
-        assert_security_headers(refused.headers)  # refused in project.asgi, before Django's middleware
+        assert_security_headers(
+            refused.headers
+        )  # refused at the door (project/tuning/door.py), before Django's handler
         retry = chat.http.post(
             f"/chat/replies/{first.pk}/regenerate/", headers={"X-CSRFToken": chat.csrf, "HX-Request": "true"}
         )

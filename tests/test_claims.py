@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from asgiref.sync import async_to_sync
 
-from chat import fanout, live, relay, streaming
 from chat.models import Conversation, Message, Status
+from chat.streaming import control, fanout, live, relay
+from chat.streaming.generation import NOBODY_WATCHING, STOPPED_BY_USER, Generation
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -33,9 +34,9 @@ def late_claim(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
     return release
 
 
-async def open_stream(reply: Message) -> streaming.Opened:
-    """What a stream request for this reply opens (streaming.open_reply, as the view calls it)."""
-    opened = await streaming.open_reply(
+async def open_stream(reply: Message) -> control.Opened:
+    """What a stream request for this reply opens (control.open_reply, as the view calls it)."""
+    opened = await control.open_reply(
         reply.pk, user=lambda: reply.conversation.user, lookup=lambda: Message.objects.get(pk=reply.pk)
     )
     assert opened is not None
@@ -54,7 +55,7 @@ def in_memory_layer(settings: Any) -> None:
 
 
 async def settle(generation: live.LiveReply) -> None:
-    generation.stop(streaming.STOPPED_BY_USER)
+    generation.stop(STOPPED_BY_USER)
     await generation.task  # type: ignore[attr-defined]
 
 
@@ -75,7 +76,7 @@ def test_a_second_request_here_joins_the_claim_in_flight_instead_of_following_it
         return results
 
     first, second = async_to_sync(two_requests)()
-    assert isinstance(first, streaming.Generation)
+    assert isinstance(first, Generation)
     assert second is first  # the same parts, so the same event ids on both connections
     assert live.mirrors == {} and live.claiming == {}
     assert Message.objects.get(pk=reply.pk).status in (Status.CANCELLED, Status.COMPLETED)
@@ -107,19 +108,19 @@ def test_a_claimed_reply_whose_response_is_never_read_is_cancelled_once_the_clai
     # The view claims and starts the reply before its response exists; a browser gone before the first
     # byte (or an error response in its place) never reads it, and must not leave it running for nobody.
     settings.CHAT_UNWATCHED_TIMEOUT = 0
-    monkeypatch.setattr(streaming, "HOLD_SECONDS", 0.3)
+    monkeypatch.setattr(control, "HOLD_SECONDS", 0.3)
     reply = queued_reply(user)
 
     async def never_read() -> tuple[bool, str]:
         generation = (await open_stream(reply)).live
-        assert isinstance(generation, streaming.Generation)
+        assert isinstance(generation, Generation)
         await asyncio.sleep(0.1)
         running_while_held = not generation.task.done()  # type: ignore[union-attr]
         await asyncio.wait_for(generation.task, 5)  # type: ignore[arg-type]
         return running_while_held, generation.stop_reason_requested
 
     running_while_held, reason = async_to_sync(never_read)()
-    assert running_while_held and reason == streaming.NOBODY_WATCHING
+    assert running_while_held and reason == NOBODY_WATCHING
     assert Message.objects.get(pk=reply.pk).status == Status.CANCELLED
 
 
@@ -129,7 +130,7 @@ def test_a_response_closed_before_it_watches_gives_up_the_claims_hold_at_once(us
 
     async def leave_after_the_first_chunk() -> tuple[str, float]:
         opened = await open_stream(reply)
-        assert isinstance(opened.live, streaming.Generation)
+        assert isinstance(opened.live, Generation)
         events = relay.reply_events(opened, last_event_id=None)
         assert "stream open" in await anext(events)
         left = asyncio.get_running_loop().time()
@@ -138,8 +139,8 @@ def test_a_response_closed_before_it_watches_gives_up_the_claims_hold_at_once(us
         return opened.live.stop_reason_requested, asyncio.get_running_loop().time() - left
 
     reason, after = async_to_sync(leave_after_the_first_chunk)()
-    assert reason == streaming.NOBODY_WATCHING
-    assert after < streaming.HOLD_SECONDS / 2  # released by the response, not by the hold's timer
+    assert reason == NOBODY_WATCHING
+    assert after < control.HOLD_SECONDS / 2  # released by the response, not by the hold's timer
     assert Message.objects.get(pk=reply.pk).status == Status.CANCELLED
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chat.providers.eventstream import EventStreamDecoder
+from chat.streaming.providers.eventstream import EventStreamDecoder
 
 STREAM = (
     ": a comment, ignored\n"

@@ -11,7 +11,7 @@ from django.template.loader import render_to_string
 from django.test import RequestFactory
 from django.utils import timezone
 
-from chat import limits
+from chat.costs import limits
 from chat.models import Conversation, Message, Role, SpendingLimit, Status
 from tests.conftest import ChatClient
 from tests.fake_upstream import Scenario

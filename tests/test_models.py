@@ -10,7 +10,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.utils import timezone
 
 from chat.models import Conversation, Message, Role, Status, turns_from
-from chat.providers import Turn, Usage
+from chat.streaming.providers import Turn, Usage
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
-from chat import pricing
+from chat.costs import pricing
 from chat.models import Message, ModelPrice, Status
-from chat.providers import Usage
+from chat.streaming.providers import Usage
 from tests.conftest import ChatClient
 from tests.fake_upstream import Scenario
 

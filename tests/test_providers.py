@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from chat.providers import (
+from chat.streaming.providers import (
     Event,
     Provider,
     ProviderError,
@@ -26,7 +26,7 @@ from chat.providers import (
     UsageUpdate,
     build_provider,
 )
-from chat.providers.http import aclose_shared_client, configure_client
+from chat.streaming.providers.http import aclose_shared_client, configure_client
 from tests.conftest import ROOT
 from tests.fake_upstream import FakeUpstream, Scenario
 

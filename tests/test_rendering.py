@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from chat.live import TEXT, THINKING, LiveReply
 from chat.models import Message
-from chat.providers.demo import REPLY, pieces
-from chat.relay import FRAME_SECONDS, LiveView
-from chat.rendering import LiveMarkdown, render_markdown, sanitize
+from chat.streaming.live import TEXT, THINKING, LiveReply
+from chat.streaming.providers.demo import REPLY, pieces
+from chat.streaming.relay import FRAME_SECONDS, LiveView
+from chat.streaming.rendering import LiveMarkdown, render_markdown, sanitize
 from tests.fake_upstream import DEFAULT_TEXT
 
 CORPUS = [

@@ -6,7 +6,7 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from chat import sse
+from chat.streaming import sse
 
 
 def test_an_event_has_id_name_and_one_data_line_per_line() -> None:

@@ -11,11 +11,11 @@ from decimal import Decimal
 import httpx
 import pytest
 
-from chat import pricing
-from chat.live import TEXT
+from chat.costs import pricing
 from chat.models import Message, Status
-from chat.providers import Turn
-from chat.streaming import Generation
+from chat.streaming.generation import Generation
+from chat.streaming.live import TEXT
+from chat.streaming.providers import Turn
 from tests.conftest import ChatClient, wait_for_status
 from tests.fake_upstream import Scenario
 

@@ -10,9 +10,10 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from chat import limits, sidebar
+from chat import sidebar
+from chat.costs import limits
 from chat.models import CONTINUE_PROMPT, Conversation, Message, Role, Status
-from chat.providers import Turn
+from chat.streaming.providers import Turn
 
 pytestmark = pytest.mark.django_db
 

@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django import template
 
-from chat.reports import money
+from chat.costs.reports import money
 
 register = template.Library()
 

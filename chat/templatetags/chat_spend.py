@@ -6,7 +6,7 @@ from decimal import Decimal
 
 from django import template
 
-from chat.limits import Spend, month_spend
+from chat.costs.limits import Spend, month_spend
 
 register = template.Library()
 

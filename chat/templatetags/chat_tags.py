@@ -7,8 +7,8 @@ from decimal import Decimal
 from django import template
 from django.utils.safestring import SafeString
 
-from chat import catalog
-from chat.rendering import render_markdown
+from chat.streaming import catalog
+from chat.streaming.rendering import render_markdown
 
 register = template.Library()
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from chat import reports
+from chat.costs import reports
 
 
 def iso_date(value: str) -> date:

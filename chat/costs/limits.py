@@ -1,0 +1,164 @@
+"""Spending limits and rate limits, checked before any upstream request: counted from the database, so
+they hold across processes with no extra infrastructure."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.db.models import Min
+
+from chat.models import Message, Role, SpendingLimit, Status
+
+# A queued reply starts when its page opens the stream, within a second or so. One that is still
+# queued after this long was left by a page that never connected; it must not hold a slot forever.
+QUEUED_HOLDS_A_SLOT_FOR = timedelta(minutes=2)
+# A running reply's end is unknown: this is a reasonable wait before trying again.
+CONCURRENCY_RETRY_AFTER = 5
+RATE_WINDOW = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """This calendar month's (UTC) stored costs of a user's replies, and the limit that applies."""
+
+    spent: Decimal
+    limit: Decimal | None
+
+    @property
+    def exhausted(self) -> bool:
+        return self.limit is not None and self.spent >= self.limit
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a new reply may not start now, and in how many seconds asking again could succeed."""
+
+    message: str
+    retry_after: int
+    status: int = 429  # a user's own limit; 503 is the server's (chat.streaming.admission)
+
+
+def month_start(now: datetime | None = None) -> datetime:
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month_start(now: datetime | None = None) -> datetime:
+    start = month_start(now)
+    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+
+
+def default_budget() -> Decimal | None:
+    value = settings.CHAT_MONTHLY_BUDGET_USD
+    return None if value in (None, "") else Decimal(str(value))
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """Where a user stands against every limit, read in one query before a reply may start."""
+
+    spend: Spend
+    refusal: Refusal | None
+
+
+def month_spend(user: Any) -> Spend:
+    """The month's stored costs of the user's replies, next to their own limit if they have one (one query)."""
+    return check(user).spend
+
+
+def check(user: Any) -> Standing:
+    """The month's spend and the first limit this user has reached (None when a new reply may start).
+
+    One query, in SQL: it runs before every reply, and the ORM took longer to build and compile
+    this query (four subqueries) than the database took to answer it; measured in `bench`'s
+    profile, 7.2 ms against 1.7 ms per call."""
+    now = datetime.now(UTC)
+    adapt = connection.ops.adapt_datetimefield_value
+    running_since = now - timedelta(seconds=settings.CHAT_INTERRUPTED_AFTER)
+    params = [
+        *(user.pk, adapt(month_start(now))),
+        *(user.pk, Role.ASSISTANT.value, Status.STREAMING.value, adapt(running_since)),
+        *(Status.QUEUED.value, adapt(now - QUEUED_HOLDS_A_SLOT_FOR)),
+        *(user.pk, Role.ASSISTANT.value, adapt(now - RATE_WINDOW)),
+        *(user.pk, user.pk),
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(_CHECK_SQL, params)
+        spent, running, sent, own, own_limit = cursor.fetchone()
+    limit = _decimal(SpendingLimit, "monthly_usd", own_limit) if own is not None else default_budget()
+    spend = Spend(spent=_decimal(Message, "cost", spent) or Decimal(0), limit=limit)
+    return Standing(spend=spend, refusal=_refusal(spend, user, running=running, sent=sent, now=now))
+
+
+def refusal(user: Any) -> Refusal | None:
+    """The first limit this user has reached, or None when a new reply may start."""
+    return check(user).refusal
+
+
+# A user's messages, deleted conversations included (Message.objects.billed_to): deleting a chat is
+# no way round a limit. A reply holds a concurrency slot while it streams with a recent checkpoint
+# (an older one is a dead worker's row, which the sweep will close) or is queued since recently (a
+# page that never opened its stream must not block the user).
+# The tables are Message's, Conversation's and SpendingLimit's.
+_CHECK_SQL = """
+SELECT
+  (SELECT SUM(m.cost) FROM chat_message m JOIN chat_conversation c ON c.id = m.conversation_id
+    WHERE c.user_id = %s AND m.created_at >= %s),
+  (SELECT COUNT(*) FROM chat_message m JOIN chat_conversation c ON c.id = m.conversation_id
+    WHERE c.user_id = %s AND m.role = %s
+      AND ((m.status = %s AND m.checkpoint_at >= %s) OR (m.status = %s AND m.created_at >= %s))),
+  (SELECT COUNT(*) FROM chat_message m JOIN chat_conversation c ON c.id = m.conversation_id
+    WHERE c.user_id = %s AND m.role = %s AND m.created_at >= %s),
+  (SELECT id FROM chat_spendinglimit WHERE user_id = %s),
+  (SELECT monthly_usd FROM chat_spendinglimit WHERE user_id = %s)
+"""
+
+
+def _decimal(model: Any, field_name: str, value: Any) -> Decimal | None:
+    """A decimal column as the ORM would return it (SQLite gives sums as floats)."""
+    if value is None:
+        return None
+    field = model._meta.get_field(field_name)
+    return field.to_python(value).quantize(Decimal(1).scaleb(-field.decimal_places), context=field.context)
+
+
+def _refusal(spend: Spend, user: Any, *, running: int, sent: int, now: datetime) -> Refusal | None:
+    if spend.exhausted:
+        # The next reply's cost is unknown until it finishes, so a send is refused only once the
+        # stored costs have reached the limit; a reply already running is allowed to finish.
+        return Refusal(
+            message=(
+                f"You have reached your monthly spending limit (${spend.spent:.2f} of ${spend.limit:.2f}). "
+                "It resets at the start of next month (UTC)."
+            ),
+            retry_after=math.ceil((next_month_start(now) - now).total_seconds()),
+        )
+    max_running = settings.CHAT_MAX_CONCURRENT_REPLIES
+    if 0 < max_running <= running:
+        return Refusal(
+            message=(
+                f"You already have {running} replies being written (the limit is {max_running}). "
+                "Wait for one to finish, or stop one, then send again."
+            ),
+            retry_after=CONCURRENCY_RETRY_AFTER,
+        )
+    # Replies, not the user's own messages: Retry, Regenerate and Continue start a reply (an
+    # upstream request) without one, and every send starts exactly one.
+    per_minute = settings.CHAT_MESSAGES_PER_MINUTE
+    if 0 < per_minute <= sent:
+        # Only a refusal needs the oldest of them, to say when a slot frees up.
+        oldest = (
+            Message.objects.billed_to(user).replies().created_between(now - RATE_WINDOW).aggregate(Min("created_at"))
+        )
+        frees_up = oldest["created_at__min"] + RATE_WINDOW - now
+        return Refusal(
+            message=f"You are sending messages too quickly (the limit is {per_minute} a minute). Wait a moment.",
+            retry_after=max(1, math.ceil(frees_up.total_seconds())),
+        )
+    return None

@@ -1,0 +1,217 @@
+"""The process's shared HTTP client and the SSE request every adapter makes through it."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from httpx_sse import ServerSentEvent
+
+from . import ProviderError, Timeouts
+from .eventstream import server_sent_events
+
+# One client per event loop: a pooled client is bound to the loop that created it, and a worker
+# process runs exactly one loop, so in production this is one client per process.
+_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+_client_options = {"transport": "aiohttp", "max_connections": 2000}
+
+RETRYABLE_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504, 529})
+_SECRET_PATTERN = re.compile(r"(sk-|sk_|key-)[A-Za-z0-9_\-*]{4,}")
+
+
+def configure_client(*, transport: str, max_connections: int) -> None:
+    _client_options.update(transport=transport, max_connections=max_connections)
+
+
+def shared_client() -> httpx.AsyncClient:
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        for stale in [other for other in _clients if other.is_closed()]:
+            del _clients[stale]
+        client = _clients[loop] = _new_client()
+    return client
+
+
+def _new_client() -> httpx.AsyncClient:
+    # The pool must be at least as large as the concurrency: a smaller pool queues a request for
+    # the whole length of another reply.
+    limits = httpx.Limits(max_connections=int(_client_options["max_connections"]), max_keepalive_connections=100)
+    if _client_options["transport"] == "aiohttp":
+        from httpx_aiohttp import HttpxAiohttpClient
+
+        return HttpxAiohttpClient(limits=limits, trust_env=False)
+    return httpx.AsyncClient(limits=limits, trust_env=False)
+
+
+def request_body(payload: dict[str, Any]) -> bytes:
+    """The request's JSON as the bytes sent, built before the stream opens.
+
+    An adapter builds it in `stream()` and hands its event generator only these bytes, so an open stream
+    holds the conversation once (httpx keeps the body for as long as the response lives) instead of also
+    as turns and as JSON text for minutes. UTF-8 rather than ASCII escapes: a non-Latin prompt is half the size
+    or less on the wire and in memory.
+    """
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@asynccontextmanager
+async def open_sse(
+    *, url: str, body: bytes, headers: dict[str, str], timeouts: Timeouts
+) -> AsyncIterator[AsyncIterator[ServerSentEvent]]:
+    """POST `body` and yield the response's SSE events; every failure becomes a ProviderError."""
+    # No read timeout for the client: the IdleTimer below is the same rule at a fraction of the cost.
+    timeout = httpx.Timeout(connect=timeouts.connect, read=None, write=timeouts.connect, pool=timeouts.connect)
+    headers = {**headers, "accept": "text/event-stream", "content-type": "application/json"}
+    idle = IdleTimer(timeouts.idle)
+    try:
+        async with shared_client().stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
+            idle.touch()
+            if response.status_code >= 400:
+                raise await _status_error(response)
+            content_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+            if content_type != "text/event-stream":
+                raise ProviderError(
+                    "The model provider answered with something other than a stream "
+                    f"(content type {content_type or 'missing'!r})."
+                )
+            # Most streams come unencoded: then the raw bytes, past httpx's decoder layer (1.7 % of the relay's
+            # CPU at C=100, docs/decisions/0023); a compressing proxy's gzip or br still goes through it.
+            plain = response.headers.get("content-encoding", "identity").strip().lower() == "identity"
+            chunks = response.aiter_raw() if plain else response.aiter_bytes()
+            yield server_sent_events(chunks, on_chunk=idle.touch)
+    except asyncio.CancelledError:
+        if not idle.expired or idle.task.uncancel() > 0:
+            raise  # a Stop, a browser gone, a shutdown: not ours to turn into an error
+        raise ProviderError(
+            f"The model sent nothing for {timeouts.idle:g} seconds, so the reply was stopped (timeout)."
+        ) from None
+    except httpx.TimeoutException as exc:
+        # httpx-aiohttp reports a refused connection as ConnectTimeout, so the two read the same.
+        raise ProviderError(CONNECT_FAILED, retryable=True) from exc
+    except httpx.ConnectError as exc:
+        raise ProviderError(CONNECT_FAILED, retryable=True) from exc
+    except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+        raise ProviderError(LOST, retryable=True) from exc
+    except httpx.HTTPError as exc:
+        raise ProviderError(f"Request to the model provider failed: {type(exc).__name__}.", retryable=True) from exc
+    finally:
+        idle.close()
+
+
+class IdleTimer:
+    """Cancels the task reading a stream when no byte has come for `seconds` (CHAT_IDLE_TIMEOUT).
+
+    A client's read timeout re-arms a timer for every packet: aiohttp's was 2.6 % of the relay's CPU
+    at C=100 (docs/decisions/0015). Here a chunk only notes the time, and the one timer, when it fires,
+    either finds a byte came since (and waits out the rest of the period) or ends the stream.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.last = self.loop.time()
+        self.expired = False
+        self._handle = self.loop.call_at(self.last + seconds, self._check)
+
+    def touch(self) -> None:
+        self.last = self.loop.time()
+
+    def _check(self) -> None:
+        due = self.last + self.seconds
+        if self.loop.time() < due:
+            self._handle = self.loop.call_at(due, self._check)
+        elif self.task is not None:
+            self.expired = True
+            self.task.cancel()
+
+    def close(self) -> None:
+        self._handle.cancel()
+
+
+CONNECT_FAILED = "Could not connect to the model provider."
+LOST = "The connection to the model was lost before the reply was complete."
+
+
+async def _status_error(response: httpx.Response) -> ProviderError:
+    body = (await response.aread())[:4000]
+    status = response.status_code
+    detail = _error_detail(body) or response.reason_phrase or "no details"
+    prefix = {
+        401: "The API key was rejected",
+        403: "Access to this model was refused",
+        404: "The model or endpoint was not found",
+        413: "The conversation is too long for this model",
+        429: "The provider is rate-limiting requests",
+        529: "The provider is overloaded",
+    }.get(status, "The model provider returned an error" if status < 500 else "The model provider had a server error")
+    return ProviderError(
+        redact(f"{prefix} (HTTP {status}): {detail}"),
+        retryable=status in RETRYABLE_STATUSES,
+        retry_after=retry_after_seconds(response.headers),
+        status=status,
+    )
+
+
+def _error_detail(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body.decode("utf-8", "replace").strip()[:300]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or error.get("type") or "")
+    if isinstance(error, str):
+        return error
+    return str(data.get("message", "")) if isinstance(data, dict) else ""
+
+
+def retry_after_seconds(headers: httpx.Headers) -> float | None:
+    if value := headers.get("retry-after-ms"):
+        try:
+            return float(value) / 1000
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def redact(text: str) -> str:
+    """Keys can appear in provider error messages; they must never reach the browser or the logs."""
+    return _SECRET_PATTERN.sub(lambda m: m.group(1) + "…", text)
+
+
+async def aclose_shared_client() -> None:
+    """Close this loop's client (tests and shutdown); the next request makes a new one."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
+def decode(data: str) -> Any:
+    """One SSE data line's JSON; a line that is not JSON ends the reply rather than being skipped."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise ProviderError("The model sent a malformed event; the reply was stopped.") from exc
+
+
+def reported_error(error: dict[str, Any]) -> str:
+    return redact(f"The model reported an error: {error.get('message') or error.get('type') or 'unknown'}")
