@@ -58,7 +58,6 @@ INSTALLED_APPS = [
 # Under ASGI the run of Django's own middleware from SecurityMiddleware to XFrameOptionsMiddleware runs in
 # one thread hop per request half (project/tuning/middleware.py); keep other middleware outside that run.
 MIDDLEWARE = [
-    "chat.streaming.lifecycle.upkeep_middleware",
     "chat.csp.csp_middleware",
     "chat.streaming.admission.admission_middleware",
     "django.middleware.security.SecurityMiddleware",

@@ -5,15 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
 from datetime import timedelta
 
-from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.db import DatabaseError, connection
-from django.http import HttpRequest, HttpResponseBase
 from django.utils import timezone
-from django.utils.decorators import sync_and_async_middleware
 
 from chat.costs import pricing
 from chat.models import Message, Status
@@ -47,23 +43,10 @@ def on_worker_start() -> None:
         logger.info("marked %d replies left streaming by a stopped worker as interrupted", swept)
 
 
-@sync_and_async_middleware
-def upkeep_middleware(get_response: Callable) -> Callable:
-    """Starts this loop's background tasks at the first request (no ASGI server here has a start-up hook
-    that runs in the loop), before anything can ask admission whether the worker has room."""
-    if iscoroutinefunction(get_response):
-
-        async def async_middleware(request: HttpRequest) -> HttpResponseBase:
-            ensure_upkeep()
-            return await get_response(request)
-
-        return async_middleware
-    return get_response  # WSGI and the test client: no event loop to run upkeep in
-
-
 def ensure_upkeep() -> None:
     """Start this loop's background tasks once: the upkeep of live rows and the probe of the loop's lag
-    (chat.streaming.admission). Called on the event loop, for each request."""
+    (chat.streaming.admission). Called on the event loop for each request by project.asgi: no ASGI server
+    here has a start-up hook that runs in the loop, and admission must be measuring before the first send."""
     loop = asyncio.get_running_loop()
     for name, work in (("streamchat-upkeep", upkeep), ("streamchat-pressure", admission.measure_pressure)):
         task = _loop_tasks.get((loop, name))

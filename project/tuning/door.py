@@ -19,13 +19,10 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpResponseBase
 
 from chat.streaming.admission import refusal, refused_reply
-from chat.streaming.lifecycle import ensure_upkeep
 
 
 def refused(scope: dict[str, Any]) -> HttpResponseBase | None:
     """The 503 for a reply-starting POST when this worker is full, else None (let the handler serve it)."""
-    # The probes that decide admission must run before the first send, not from the first stream.
-    ensure_upkeep()
     if scope["method"] != "POST" or (why := refusal()) is None:
         return None
     return refused_reply(ASGIRequest(scope, io.BytesIO()), why)

@@ -3,7 +3,6 @@ Django's handler, where stock Django first sends request_started, a hop to a thr
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,7 +11,7 @@ import pytest
 from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_started
 
-from chat.streaming import lifecycle, live
+from chat.streaming import live
 from project.tuning import door
 
 SEND = "/chat/1/messages/"  # send_message starts a reply (refuse_when_busy)
@@ -36,14 +35,6 @@ def full_worker(settings: Any) -> Iterator[list[str]]:
         del live.owned[-1]
 
 
-def stop_upkeep() -> None:
-    """The door starts this loop's background tasks; the test's loop is about to close."""
-    loop = asyncio.get_running_loop()
-    for (task_loop, _), task in list(lifecycle._loop_tasks.items()):
-        if task_loop is loop:
-            task.cancel()
-
-
 def scope_of(method: str, path: str) -> dict[str, Any]:
     return {"type": "http", "method": method, "path": path, "query_string": b"", "headers": [], "scheme": "http"}
 
@@ -58,11 +49,8 @@ async def test_stock_django_sends_request_started_before_a_full_worker_refuses(f
 
 
 async def test_the_door_refuses_a_full_workers_send_before_the_handler(full_worker: list[str]) -> None:
-    try:
-        refused = door.refused(scope_of("POST", SEND))
-        assert refused is not None and refused.status_code == 503 and refused["Retry-After"]
-        assert door.refused(scope_of("GET", "/chat/")) is None  # only POSTs that start a reply
-        assert door.refused(scope_of("POST", "/chat/1/rename/")) is None
-    finally:
-        stop_upkeep()
+    refused = door.refused(scope_of("POST", SEND))
+    assert refused is not None and refused.status_code == 503 and refused["Retry-After"]
+    assert door.refused(scope_of("GET", "/chat/")) is None  # only POSTs that start a reply
+    assert door.refused(scope_of("POST", "/chat/1/rename/")) is None
     assert full_worker == []
