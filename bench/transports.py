@@ -48,8 +48,9 @@ async def read_all(*, base_url: str, streams: int, rounds: int) -> tuple[int, fl
     return deltas, cpu, wall
 
 
-async def line_reader(chunks: AsyncIterator[bytes]) -> AsyncIterator[object]:
-    """httpx-sse's own path: bytes to text incrementally, text to lines, lines to events (as EventSource does)."""
+async def line_reader(chunks: AsyncIterator[bytes], **_: object) -> AsyncIterator[object]:
+    """httpx-sse's own path: bytes to text incrementally, text to lines, lines to events (as EventSource does).
+    The app's reader's options (on_chunk, on_event, max_event_bytes) mean nothing to it."""
     from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 
     text, lines, fields = codecs.getincrementaldecoder("utf-8")("replace"), SSELineDecoder(), SSEDecoder()

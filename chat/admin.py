@@ -122,10 +122,15 @@ class PeriodForm(forms.Form):
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         since, until = data.get("since"), data.get("until")
-        if since and until and since > until:
-            raise forms.ValidationError("The period must start before it ends.")
-        if since and until and (until - since).days >= MAX_REPORT_DAYS:
-            raise forms.ValidationError(f"Choose at most {MAX_REPORT_DAYS} days; chat_costs in a terminal has no cap.")
+        if since and until:
+            try:
+                reports.period(since=since, until=until)
+            except reports.PeriodError as exc:
+                raise forms.ValidationError(str(exc)) from exc
+            if (until - since).days >= MAX_REPORT_DAYS:  # the chart has a bar a day
+                raise forms.ValidationError(
+                    f"Choose at most {MAX_REPORT_DAYS} days; chat_costs in a terminal has no cap."
+                )
         return data
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.conf import settings
 
@@ -20,8 +22,16 @@ class MessageForm(forms.Form):
     # A one-time key rendered into the form: a double submit of the same form finds the first reply.
     request_key = forms.CharField(required=False, max_length=64, widget=forms.HiddenInput)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # For chat.js, which refuses a longer text before sending it. Not maxlength: the browser would
+        # cut a long paste short without a word.
+        self.fields["text"].widget.attrs["data-max-chars"] = settings.CHAT_MAX_MESSAGE_CHARS
+
     def clean_text(self) -> str:
-        text = self.cleaned_data["text"]
+        # A form post sends the box's line breaks as CRLF: count (and store) them as the user sees them,
+        # as chat.js counts before sending.
+        text = self.cleaned_data["text"].replace("\r\n", "\n")
         limit = settings.CHAT_MAX_MESSAGE_CHARS
         if len(text) > limit:
             raise forms.ValidationError(

@@ -142,9 +142,11 @@ def new_conversation(request: HttpRequest) -> HttpResponse:
         response = render(request, "chat/index.html", page_context(request, form=form), status=refusal.status)
         response["Retry-After"] = str(refusal.retry_after)
         return response
-    conversation = Conversation.objects.start(user=request.user, model=model)
     if text:
-        conversation.ask(text=text, request_key=form.cleaned_data["request_key"])
+        key = form.cleaned_data["request_key"]
+        reply = Conversation.objects.start_with(user=request.user, model=model, text=text, request_key=key)
+        return redirect("chat:conversation", conversation_id=reply.conversation_id)
+    conversation = Conversation.objects.start(user=request.user, model=model)
     return redirect("chat:conversation", conversation_id=conversation.pk)
 
 

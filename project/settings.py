@@ -64,6 +64,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    "chat.request_size.RequestSizeMiddleware",  # before the CSRF check reads a too-large body
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -121,8 +122,27 @@ if DATABASE_POOL_SIZE and DATABASES["default"]["ENGINE"] == "django.db.backends.
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
+# channels-redis waits for a worker's messages in blocking reads of 5 s (RedisChannelLayer.brpop_timeout, not
+# configurable). redis-py's default socket timeout is also 5 s, so an idle read raced the server's empty answer,
+# lost, and the receive loop logged a traceback and paused a second, deaf to stops. The socket
+# timeout must outlast the blocking read (3x); keepalive and a health check still find a dead connection.
 if REDIS_URL:
-    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_timeout": 15,
+                        "socket_connect_timeout": 5,
+                        "socket_keepalive": True,
+                        "health_check_interval": 30,
+                    }
+                ]
+            },
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
@@ -219,6 +239,10 @@ def default_chat_models() -> str:
 CHAT_MODELS = env_list("CHAT_MODELS", default_chat_models())
 CHAT_DEFAULT_MODEL = os.environ.get("CHAT_DEFAULT_MODEL") or CHAT_MODELS[0]
 CHAT_IDLE_TIMEOUT = env_float("CHAT_IDLE_TIMEOUT", 60)
+# Bytes that keep coming without completing an event are cut after this long, as silence is after the idle timeout.
+CHAT_PROGRESS_TIMEOUT = env_float("CHAT_PROGRESS_TIMEOUT", CHAT_IDLE_TIMEOUT)
+# One upstream event's bytes (so each of its lines too): far above any real event, and a bound on a worker's buffer.
+CHAT_MAX_EVENT_BYTES = env_int("CHAT_MAX_EVENT_BYTES", 4 * 1024 * 1024)
 CHAT_MAX_DURATION = env_float("CHAT_MAX_DURATION", 600)
 CHAT_CONNECT_TIMEOUT = env_float("CHAT_CONNECT_TIMEOUT", 10)
 CHAT_MAX_RETRIES = env_int("CHAT_MAX_RETRIES", 2)

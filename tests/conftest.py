@@ -7,8 +7,9 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from django.db import connection
 from django.test import Client
 
 from chat.models import Conversation, Message
+from chat.streaming.providers.http import aclose_shared_client, configure_client
 from tests.fake_upstream import FakeUpstream
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,8 +93,10 @@ class LiveServer:
                 self.process.wait()
 
 
-def start_server(upstream: FakeUpstream, tmp: Path, *, server: str = "daphne", **env: str) -> LiveServer:
-    port = free_port()
+def start_server(
+    upstream: FakeUpstream, tmp: Path, *, server: str = "daphne", port: int | None = None, **env: str
+) -> LiveServer:
+    port = port or free_port()
     log_path = tmp / f"{server}-{port}.log"
     full_env = {
         **os.environ,
@@ -316,3 +320,34 @@ def wait_for_status(reply: Message, statuses: set[str], timeout: float = 10) -> 
         if time.monotonic() > deadline:
             raise AssertionError(f"reply {reply.pk} is {reply.status}, expected one of {statuses}")
         time.sleep(0.02)
+
+
+def in_background(target) -> tuple[threading.Thread, list]:
+    """Run a browser connection in a thread; a connection cut by a killed server records its error."""
+    results: list = []
+
+    def run() -> None:
+        try:
+            results.append(target())
+        except Exception as exc:
+            results.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, results
+
+
+def wait_for_text(reply: Message, length: int, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while len(Message.objects.get(pk=reply.pk).content) < length:
+        assert time.monotonic() < deadline, "the reply never checkpointed any text"
+        time.sleep(0.05)
+
+
+@pytest.fixture(params=["aiohttp", "httpx"])
+async def transport(request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """Each upstream test over both of httpx's transports."""
+    configure_client(transport=request.param, max_connections=200)
+    yield request.param
+    await aclose_shared_client()
+    configure_client(transport="aiohttp", max_connections=200)

@@ -48,7 +48,7 @@ THINKING_SIGNATURE = "EqQBCkgIBBABGAIiQFakeSignatureForTestsOnlyZm9vYmFyYmF6"
 # (keep-alive / ping), "malformed" is injected garbage. "abort", "silent" and "end" are actions, not bytes.
 _PACED = frozenset({"think", "content"})
 _FAULT_POINTS = frozenset({"content", "post", "final"})
-_ACTIONS = frozenset({"abort", "silent", "end"})
+_ACTIONS = frozenset({"abort", "silent", "trickle", "end"})
 
 _Item = tuple[str, bytes]
 
@@ -76,6 +76,7 @@ class Scenario:
 
     text: str = DEFAULT_TEXT
     thinking: str = ""  # reasoning text: an Anthropic thinking block / OpenAI reasoning_content deltas
+    interleave: bool = False  # OpenAI: a reasoning_content delta before each content delta, not all first
     tool_call: bool = False  # also stream a get_weather tool call after the text
     truncated: bool = False  # stop reason "length" / "max_tokens"
     ttft: float = 0.0  # seconds between sending the headers and the first body byte
@@ -90,6 +91,11 @@ class Scenario:
     silent_after: int | None = None  # after N content deltas send nothing until the client goes away
     malformed_after: int | None = None  # after N content deltas send a broken JSON data line, then go on
     crlf: bool = False  # \r\n line endings in the SSE framing
+    cr: bool = False  # bare \r line endings in the SSE framing (the spec allows CR, LF and CRLF alike)
+    bom: bool = False  # a UTF-8 byte order mark before the first event
+    charset: str = "utf-8"  # the charset the Content-Type names; the body is UTF-8 whatever it says
+    hold_open: bool = False  # after the last event send nothing until the client goes: the body never ends
+    trickle_after: int | None = None  # after N content deltas "data: ", then a byte every 20 ms, never a line end
     gzip: bool = False  # Content-Encoding: gzip, flushed after every write so the stream still streams
     comments: bool = False  # interleave ": keep-alive" comments and, for Anthropic, ping events
     # "event": one write per SSE event; "byte": one byte per write; int or list of ints: the whole body is
@@ -100,6 +106,19 @@ class Scenario:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0  # Anthropic only (cache_creation_input_tokens)
     reasoning_tokens: int = 0  # OpenAI only (completion_tokens_details.reasoning_tokens)
+    # OpenAI-compatible only, how error_after's error looks: "openai" {"error": {...}} and the body ends; "done"
+    # the same, then data: [DONE]; "vllm" a flat {"object": "error", ...}, then [DONE]; "llamacpp" an `error:`
+    # field line (older llama.cpp server); "event" that JSON as `event: error`; "openrouter" a chunk with `error`
+    # and finish_reason "error", then [DONE].
+    error_shape: str = "openai"
+    omit_finish: bool = False  # OpenAI: no finish_reason anywhere, but usage and [DONE] as usual
+    # OpenAI: the text comes as delta.refusal pieces (content null), finish "stop", as the API sends a refusal;
+    # Anthropic: stop_reason "refusal" after `text` (which may be "", as in a refusal before any text).
+    refusal: bool = False
+    html_error: bool = False  # with status: an HTML page from a proxy in front of the model, not the provider's JSON
+    json_error: bool = False  # a 200 whose body is vLLM's flat error object as plain JSON, not a stream
+    encoding: str = ""  # Content-Encoding: "gzip" (as gzip=True), "deflate" (zlib) or "raw-deflate" (sent as deflate)
+    recorded: bytes | None = None  # replay these bytes (a recorded stream, tests/fixtures/) as the body; split applies
 
     def content(self) -> str:
         return generated_text(self.tokens) if self.tokens is not None else self.text
@@ -137,14 +156,16 @@ class RequestRecord:
 class _Framer:
     """Builds SSE bytes; CRLF is applied to the framing only (compact JSON never contains a raw newline)."""
 
-    __slots__ = ("crlf",)
+    __slots__ = ("cr", "crlf")
 
-    def __init__(self, crlf: bool) -> None:
-        self.crlf = crlf
+    def __init__(self, crlf: bool, cr: bool = False) -> None:
+        self.crlf, self.cr = crlf, cr
 
     def raw(self, text: str) -> bytes:
         if self.crlf:
             text = text.replace("\n", "\r\n")
+        elif self.cr:
+            text = text.replace("\n", "\r")
         return text.encode()
 
     def data(self, payload: str) -> bytes:
@@ -168,6 +189,8 @@ def _openai_finish(sc: Scenario) -> str:
 
 
 def _anthropic_stop(sc: Scenario) -> str:
+    if sc.refusal:
+        return "refusal"
     if sc.truncated:
         return "max_tokens"
     return "tool_use" if sc.tool_call else "end_turn"
@@ -194,7 +217,7 @@ def _anthropic_usage(sc: Scenario, output_tokens: int) -> dict[str, int]:
 
 
 def _openai_items(sc: Scenario, model: str, include_usage: bool) -> Iterator[_Item]:
-    f = _Framer(sc.crlf)
+    f = _Framer(sc.crlf, sc.cr)
     pieces = split_deltas(sc.content())
     # Chunks share everything but the delta and finish_reason, so format around a prefix instead of
     # re-encoding the whole dict per delta (matters at 1000 streams x 200 deltas).
@@ -215,22 +238,30 @@ def _openai_items(sc: Scenario, model: str, include_usage: bool) -> Iterator[_It
         # The hot path: only the string itself goes through the encoder.
         return f.data(f'{head}{{"{key}":{_dumps(piece)}}}{open_tail}')
 
-    yield "pre", chunk({"role": "assistant", "content": ""})
+    # A refusal starts like the recorded one in tests/fixtures/openai-refusal.sse: content null, refusal "".
+    opening: dict[str, Any] = {"role": "assistant", "content": ""}
+    if sc.refusal:
+        opening.update(content=None, refusal="")
+    yield "pre", chunk(opening)
     if sc.comments:
         yield "comment", f.comment()
-    for piece in split_deltas(sc.thinking):
+    thoughts = split_deltas(sc.thinking)
+    for piece in [] if sc.interleave else thoughts:
         yield "think", text_chunk("reasoning_content", piece)
     for i, piece in enumerate(pieces):
         if sc.comments and i and i % 4 == 0:
             yield "comment", f.comment()
-        yield "content", text_chunk("content", piece)
+        if sc.interleave and i < len(thoughts):
+            yield "think", text_chunk("reasoning_content", thoughts[i])
+        yield "content", text_chunk("refusal" if sc.refusal else "content", piece)
     if sc.tool_call:
         function = {"name": TOOL_NAME, "arguments": ""}
         header = {"index": 0, "id": TOOL_CALL_ID, "type": "function", "function": function}
         yield "post", chunk({"tool_calls": [header]})
         for frag in _fragments(TOOL_ARGUMENTS):
             yield "post", chunk({"tool_calls": [{"index": 0, "function": {"arguments": frag}}]})
-    yield "post", chunk({}, _openai_finish(sc))
+    if not sc.omit_finish:
+        yield "post", chunk({}, _openai_finish(sc))
     if include_usage:
         usage = _dumps(_openai_usage(sc, len(pieces)))
         yield "final", f.data(f'{base},"choices":[],"usage":{usage}}}')
@@ -238,7 +269,7 @@ def _openai_items(sc: Scenario, model: str, include_usage: bool) -> Iterator[_It
 
 
 def _anthropic_items(sc: Scenario, model: str) -> Iterator[_Item]:
-    f = _Framer(sc.crlf)
+    f = _Framer(sc.crlf, sc.cr)
     pieces = split_deltas(sc.content())
     message = {
         "id": f"msg_{secrets.token_hex(12)}",
@@ -312,10 +343,10 @@ def _with_faults(items: Iterator[_Item], total: int, sc: Scenario, provider: str
 
     N at or beyond the number of content deltas fires right after the last one.
     """
-    f = _Framer(sc.crlf)
+    f = _Framer(sc.crlf, sc.cr)
     if provider == "openai":
         malformed = f.raw('data: {"choices": [\n\n')
-        error = f.data(_dumps({"error": {"message": sc.error_message, "type": "server_error", "code": None}}))
+        error = _openai_stream_error(sc, f)
     else:
         malformed = f.raw('event: content_block_delta\ndata: {"type": "content_block_delta", "delta": {\n\n')
         error = f.event(
@@ -325,7 +356,12 @@ def _with_faults(items: Iterator[_Item], total: int, sc: Scenario, provider: str
     terminal = sorted(
         (min(n, total), order, name)
         for order, (name, n) in enumerate(
-            (("error", sc.error_after), ("abort", sc.abort_after), ("silent", sc.silent_after))
+            (
+                ("error", sc.error_after),
+                ("abort", sc.abort_after),
+                ("silent", sc.silent_after),
+                ("trickle", sc.trickle_after),
+            )
         )
         if n is not None
     )
@@ -352,6 +388,35 @@ def _with_faults(items: Iterator[_Item], total: int, sc: Scenario, provider: str
     yield "end", b""
 
 
+def _openai_stream_error(sc: Scenario, f: _Framer) -> bytes:
+    """The in-stream error of an OpenAI-compatible server, in the shape `sc.error_shape` names."""
+    nested = {"message": sc.error_message, "type": "server_error", "code": None}
+    done = f.data("[DONE]")
+    if sc.error_shape == "openai":
+        return f.data(_dumps({"error": nested}))
+    if sc.error_shape == "done":
+        return f.data(_dumps({"error": nested})) + done
+    if sc.error_shape == "vllm":
+        # vLLM's ErrorResponse, sent as a data line and followed by [DONE].
+        flat = {"object": "error", "message": sc.error_message, "type": "InternalServerError", "param": None}
+        return f.data(_dumps({**flat, "code": 500})) + done
+    if sc.error_shape == "llamacpp":
+        # Older llama.cpp server: `error:` + its format_error_response JSON, and then the body ends.
+        return f.raw(f"error: {_dumps({'code': 500, 'message': sc.error_message, 'type': 'server_error'})}\n\n")
+    if sc.error_shape == "event":
+        # The same JSON as an SSE event named `error`: what the framer hands over for the line above.
+        return f.event("error", _dumps({"code": 500, "message": sc.error_message, "type": "server_error"}))
+    if sc.error_shape == "openrouter":
+        chunk = {
+            "id": "gen-1",
+            "object": "chat.completion.chunk",
+            "error": {"code": 502, "message": sc.error_message},
+            "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+        }
+        return f.data(_dumps(chunk)) + done
+    raise ValueError(f"unknown error_shape {sc.error_shape!r}")
+
+
 def _openai_error(status: int, message: str) -> dict[str, Any]:
     kind, code = {
         400: ("invalid_request_error", None),
@@ -374,6 +439,21 @@ def _anthropic_error(status: int, message: str) -> dict[str, Any]:
         529: "overloaded_error",
     }.get(status, "api_error" if status >= 500 else "invalid_request_error")
     return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+def _html_error_page(status: int, title: str) -> bytes:
+    """A proxy's error page (nginx's, padded as Cloudflare's are); `title` goes in as markup, entities and all."""
+    return (
+        f"<!DOCTYPE html>\n<html>\n<head><meta charset=utf-8>\n<title>{title}</title>\n"
+        "<style>body { font-family: sans-serif; }</style></head>\n"
+        f"<body>\n<center><h1>{title}</h1></center>\n<hr><center>nginx</center>\n"
+        + "<!-- a padding to disable MSIE and Chrome friendly error page -->\n" * 6
+        + "</body>\n</html>\n"
+    ).encode()
+
+
+def _encoding(sc: Scenario) -> str:
+    return "gzip" if sc.gzip else sc.encoding
 
 
 class _ClientGone(Exception):
@@ -610,6 +690,14 @@ class FakeUpstream:
         rec.body = body
         if provider == "anthropic" and "anthropic-version" not in rec.headers:
             return self._error_response(rec, provider, 400, "anthropic-version: header is required")
+        if sc.json_error:
+            self._finish(rec, "error_status")
+            flat = {"object": "error", "message": sc.error_message, "type": "BadRequestError", "param": None}
+            return web.json_response({**flat, "code": 400})
+        if sc.status != 200 and sc.html_error:
+            self._finish(rec, "error_status")
+            page = _html_error_page(sc.status, sc.error_message)
+            return web.Response(body=page, status=sc.status, content_type="text/html")
         if sc.status != 200:
             return self._error_response(rec, provider, sc.status, sc.error_message, sc.retry_after)
         model = str(body.get("model") or "fake-model")
@@ -625,11 +713,16 @@ class FakeUpstream:
             items = _anthropic_items(sc, model)
             ids = {"request-id": f"req_{secrets.token_hex(8)}"}
         items = _with_faults(items, len(split_deltas(sc.content())), sc, provider)
+        if sc.recorded is not None:
+            items = iter([("post", sc.recorded), ("end", b"")])
+        if sc.bom:
+            items = itertools.chain([("pre", b"\xef\xbb\xbf")], items)
 
-        if sc.gzip:
-            ids["content-encoding"] = "gzip"
+        if encoding := _encoding(sc):
+            ids["content-encoding"] = "deflate" if encoding == "raw-deflate" else encoding
         resp = web.StreamResponse(
-            status=200, headers={"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache", **ids}
+            status=200,
+            headers={"content-type": f"text/event-stream; charset={sc.charset}", "cache-control": "no-cache", **ids},
         )
         # Headers go out now, so the client has its response object before ttft elapses.
         writer = await resp.prepare(request)
@@ -652,7 +745,14 @@ class FakeUpstream:
                 # abort() drops the socket without the chunked terminator, like a crashed upstream.
                 request.transport.abort()
             return resp
-        if action == "silent":
+        if action == "trickle":
+            try:
+                await stream.trickle()
+            except _ClientGone:
+                self._finish(rec, "client_closed")
+                logger.info("client closed %s while it trickled", rec.path)
+                return resp
+        if action == "silent" or (action == "end" and sc.hold_open):
             # Parked until the client closes; handler cancellation turns that into client_closed.
             await asyncio.get_running_loop().create_future()
         try:
@@ -727,8 +827,10 @@ class _Stream:
         self, up: FakeUpstream, request: web.Request, resp: web.StreamResponse, writer: Any, rec: RequestRecord
     ) -> None:
         self.up, self.request, self.resp, self.writer, self.rec = up, request, resp, writer, rec
-        # wbits=31: a gzip member, as a server behind a compressing proxy sends it.
-        self.compressor = zlib.compressobj(wbits=31) if rec.scenario.gzip else None
+        # wbits=31: a gzip member, as a server behind a compressing proxy sends it; 15 a zlib stream (HTTP's
+        # "deflate"), -15 a bare deflate stream, which some servers send as "deflate" all the same.
+        wbits = {"gzip": 31, "deflate": 15, "raw-deflate": -15}.get(_encoding(rec.scenario))
+        self.compressor = zlib.compressobj(wbits=wbits) if wbits is not None else None
 
     async def _write(self, data: bytes, *, final: bool = False) -> None:
         transport = self.request.transport
@@ -751,6 +853,13 @@ class _Stream:
         """A clean end: a compressed body closes its gzip member (its trailer), a plain one has nothing to add."""
         if self.compressor is not None:
             await self._write(b"", final=True)
+
+    async def trickle(self) -> None:
+        """Bytes that never complete an event: an open `data:` line growing by one byte every 20 ms."""
+        await self._write(b"data: ")
+        while True:
+            await asyncio.sleep(0.02)
+            await self._write(b"x")
 
     def _count_delta(self, n: int = 1) -> None:
         with self.up._lock:
@@ -802,6 +911,12 @@ class _Stream:
             if tag == "content":
                 content_ends.append(size)
         body = b"".join(chunks)
+        if self.compressor is not None:
+            # Compressed whole and then cut, so the offsets fall inside the encoding (its header, a deflate
+            # block, the trailer), not between flushed events; deltas are counted as the last piece goes.
+            body = self.compressor.compress(body) + self.compressor.flush(zlib.Z_FINISH)
+            self.compressor = None
+            content_ends = [len(body)] * len(content_ends)
         cuts = sorted({o for o in offsets if 0 < o < len(body)})
         bounds = [0, *cuts, len(body)]
         sc = self.rec.scenario

@@ -288,3 +288,43 @@ def test_spending_limits_and_prices_have_their_admin_pages(admin_client: Client,
     page = admin_client.get("/admin/chat/modelprice/").content.decode()
     assert "$0.15/input MTok" in page  # the snapshot's price beside the operator's
     assert admin_client.get("/admin/chat/modelprice/add/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "message"),
+    [
+        ("9999-12-31", "9999-12-31", "Dates must be between 2000-01-01 and 2999-12-31."),
+        ("0001-01-01", "0001-01-01", "Dates must be between 2000-01-01 and 2999-12-31."),
+        ("2026-10-31", "2026-10-01", "The period must start before it ends."),
+        ("2000-01-01", "2999-12-31", "Choose at most 366 days"),
+    ],
+)
+def test_a_period_out_of_bounds_is_a_form_error_not_a_500(admin_client: Client, data: Data, since, until, message):
+    page = report(admin_client, since=since, until=until)
+    assert message in page and "Showing this month instead." in page
+    export = admin_client.get(REPORT, {"since": since, "until": until, "export": "day"})
+    assert export.status_code == 200  # this month's CSV, as the page shows
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--since", "9999-12-31", "--until", "9999-12-31"], "Dates must be between 2000-01-01 and 2999-12-31."),
+        (["--since", "9999-12-31"], "Dates must be between 2000-01-01 and 2999-12-31."),
+        (["--since", "1999-12-31", "--until", "2026-10-01"], "Dates must be between 2000-01-01 and 2999-12-31."),
+        (["--since", "2026-10-31", "--until", "2026-10-01"], "The period must start before it ends."),
+    ],
+)
+def test_chat_costs_says_what_is_wrong_with_a_period_out_of_bounds(data: Data, args, message) -> None:
+    from django.core.management import CommandError, call_command
+
+    with pytest.raises(CommandError, match=re.escape(message)):
+        call_command("chat_costs", *args, stdout=io.StringIO())
+
+
+def test_chat_costs_takes_the_widest_period_there_is(data: Data) -> None:
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("chat_costs", "--since", "2000-01-01", "--until", "2999-12-31", "--by", "model", stdout=out)
+    assert "Costs per model, 2000-01-01 to 2999-12-31 (UTC)" in out.getvalue()

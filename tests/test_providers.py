@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -26,20 +26,11 @@ from chat.streaming.providers import (
     UsageUpdate,
     build_provider,
 )
-from chat.streaming.providers.http import aclose_shared_client, configure_client
 from tests.conftest import ROOT
 from tests.fake_upstream import FakeUpstream, Scenario
 
 SHORT = "Ré 世界 🎉 ok"  # 2-, 3- and 4-byte characters: splits land inside each kind
 HELLO = [Turn(role="user", content="Hello")]
-
-
-@pytest.fixture(params=["aiohttp", "httpx"])
-async def transport(request: pytest.FixtureRequest) -> AsyncIterator[str]:
-    configure_client(transport=request.param, max_connections=200)
-    yield request.param
-    await aclose_shared_client()
-    configure_client(transport="aiohttp", max_connections=200)
 
 
 def adapter(name: str, sim: FakeUpstream, *, idle: float = 5.0) -> Provider:
@@ -59,15 +50,19 @@ def summary(events: list[Event]) -> tuple[str, str, str, object]:
     return text, thinking, stops[-1] if stops else "", usages[-1] if usages else None
 
 
+def raw_request(name: str, sim: FakeUpstream) -> tuple[str, dict[str, str], dict[str, object]]:
+    """The URL, headers and JSON of a streaming request to the simulator, made without the adapter."""
+    if name == "openai":
+        payload = {"model": "gpt-4o-mini", "messages": [], "stream": True, "stream_options": {"include_usage": True}}
+        return f"{sim.openai_base_url}/chat/completions", {}, payload
+    payload = {"model": "gpt-4o-mini", "messages": [], "stream": True, "max_tokens": 100}
+    return f"{sim.anthropic_base_url}/v1/messages", {"anthropic-version": "2023-06-01"}, payload
+
+
 async def body_length(name: str, sim: FakeUpstream, scenario: Scenario) -> int:
     """The exact size of the stream's body, so the split test covers every offset and no more."""
     sim.enqueue(scenario)
-    if name == "openai":
-        url, headers = f"{sim.openai_base_url}/chat/completions", {}
-        payload = {"model": "gpt-4o-mini", "messages": [], "stream": True, "stream_options": {"include_usage": True}}
-    else:
-        url, headers = f"{sim.anthropic_base_url}/v1/messages", {"anthropic-version": "2023-06-01"}
-        payload = {"model": "gpt-4o-mini", "messages": [], "stream": True, "max_tokens": 100}
+    url, headers, payload = raw_request(name, sim)
     async with httpx.AsyncClient() as client:
         return len((await client.post(url, json=payload, headers=headers)).content)
 
@@ -247,3 +242,162 @@ async def test_a_gzip_encoded_stream_is_decoded(sim: FakeUpstream, name: str, tr
     text, thinking, stop, usage = summary(await collect(adapter(name, sim)))
     assert (text, thinking) == (SHORT, "…🤔")
     assert stop and usage.output_tokens is not None
+
+
+# ----- issue 21, part 3: an error is never a success ------------------------------------------------------------
+
+FIXTURES = ROOT / "tests" / "fixtures"
+
+
+@pytest.mark.parametrize("shape", ["openai", "done", "vllm", "event", "openrouter"])
+async def test_every_openai_compatible_error_shape_ends_the_reply_with_the_servers_message(
+    sim: FakeUpstream, shape: str, transport: str
+) -> None:
+    sim.enqueue(Scenario(error_after=2, error_shape=shape, error_message="CUDA out of memory"))
+    events = await collect(adapter("openai", sim))
+    errors = [e for e in events if isinstance(e, StreamError)]
+    assert [e.message for e in errors] == ["The model reported an error: CUDA out of memory"]
+    assert events[-1] is errors[0]  # nothing after it, [DONE] or not
+    assert sum(isinstance(e, TextDelta) for e in events) == 2
+    assert not any(isinstance(e, Stop) for e in events)
+
+
+async def test_an_error_field_line_from_an_older_llama_cpp_ends_the_reply_with_its_message(
+    sim: FakeUpstream, transport: str
+) -> None:
+    sim.enqueue(Scenario(error_after=2, error_shape="llamacpp", error_message="CUDA out of memory"))
+    events = await collect(adapter("openai", sim))
+    assert [e.message for e in events if isinstance(e, StreamError)] == [
+        "The model reported an error: CUDA out of memory"
+    ]
+
+
+async def test_done_without_a_finish_reason_is_a_truncation_not_a_success(sim: FakeUpstream, transport: str) -> None:
+    # Usage and [DONE] arrive as usual, but no chunk ever said the reply was finished.
+    sim.enqueue(Scenario(omit_finish=True))
+    with pytest.raises(ProviderError, match="ended the stream before the reply was finished") as caught:
+        await collect(adapter("openai", sim))
+    assert caught.value.retryable
+
+
+async def test_an_openai_refusal_is_the_replys_text_and_its_stop_reason(sim: FakeUpstream, transport: str) -> None:
+    sim.enqueue(Scenario(refusal=True, text="I'm sorry, but I can't assist with that request."))
+    text, _, stop, usage = summary(await collect(adapter("openai", sim)))
+    assert (text, stop) == ("I'm sorry, but I can't assist with that request.", "refusal")
+    assert usage.output_tokens is not None
+
+
+@pytest.mark.parametrize("text", ["", "I can't help with that."])
+async def test_an_anthropic_refusal_keeps_its_stop_reason(sim: FakeUpstream, text: str, transport: str) -> None:
+    sim.enqueue(Scenario(refusal=True, text=text))
+    assert summary(await collect(adapter("anthropic", sim)))[:3] == (text, "", "refusal")
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+@pytest.mark.parametrize(
+    ("status", "title", "expected"),
+    [
+        (502, "502 Bad Gateway", "The model provider had a server error (HTTP 502): 502 Bad Gateway"),
+        (
+            403,
+            "Attention  Required! &amp;#124;\n Cloudflare &#8212; <b>blocked</b>",
+            "Access to this model was refused (HTTP 403): Attention Required! &#124; Cloudflare — blocked",
+        ),
+        (504, "", "The model provider had a server error (HTTP 504): Gateway Timeout"),
+    ],
+    ids=["nginx", "entities and tags in the title", "no title"],
+)
+async def test_an_html_error_page_from_a_proxy_becomes_its_status_and_title(
+    sim: FakeUpstream, name: str, status: int, title: str, expected: str, transport: str
+) -> None:
+    sim.enqueue(Scenario(status=status, html_error=True, error_message=title))
+    with pytest.raises(ProviderError) as caught:
+        await collect(adapter(name, sim))
+    assert caught.value.message == expected
+    assert (caught.value.status, caught.value.retryable) == (status, status in {502, 504})
+
+
+@pytest.mark.parametrize("encoding", ["deflate", "raw-deflate"])
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_a_deflate_encoded_stream_is_decoded(sim: FakeUpstream, name: str, encoding: str, transport: str) -> None:
+    sim.enqueue(Scenario(encoding=encoding, text=SHORT, thinking="…🤔"))
+    text, thinking, stop, usage = summary(await collect(adapter(name, sim)))
+    assert (text, thinking) == (SHORT, "…🤔")
+    assert stop and usage.output_tokens is not None
+
+
+async def compressed_length(name: str, sim: FakeUpstream, scenario: Scenario) -> int:
+    """The size of the body as sent, still encoded."""
+    sim.enqueue(scenario)
+    url, headers, payload = raw_request(name, sim)
+    async with httpx.AsyncClient() as client, client.stream("POST", url, json=payload, headers=headers) as response:
+        return sum([len(piece) async for piece in response.aiter_raw()])
+
+
+@pytest.mark.parametrize("name", ["openai", "anthropic"])
+async def test_a_gzip_body_cut_at_every_offset_of_its_encoding_is_decoded_whole(sim, name: str, transport: str) -> None:
+    # Compressed whole, then cut anywhere: inside the gzip header, a deflate block, the CRC trailer.
+    def scenario(split: int | str = "event") -> Scenario:
+        return Scenario(gzip=True, text=SHORT, thinking="…🤔", input_tokens=10, split=split)
+
+    expected = (SHORT, "…🤔", "stop" if name == "openai" else "end_turn")
+    length = await compressed_length(name, sim, scenario(split=[]))
+    assert 100 < length < 1000, length
+    provider = adapter(name, sim)
+    for batch_start in range(1, length, 50):
+        offsets = range(batch_start, min(batch_start + 50, length))
+        sim.enqueue(*[scenario(split=offset) for offset in offsets])
+        results = await asyncio.gather(*[collect(provider) for _ in offsets])
+        assert [summary(r)[:3] for r in results] == [expected] * len(offsets), batch_start
+
+
+def recorded(name: str) -> bytes:
+    body = (FIXTURES / name).read_bytes()
+    # The SDK stores its fixtures without the blank line that ends the last event on the wire.
+    return body if body.endswith(b"\n\n") else body.rstrip(b"\n") + b"\n\n"
+
+
+RECORDED = {
+    "openai-text.sse": (
+        "I'm unable to provide real-time updates, including current weather information. For the latest weather in "
+        "San Francisco, I recommend checking a reliable weather website or app such as the Weather Channel, BBC "
+        "Weather, or a local San Francisco news station.",
+        "stop",
+        (14, 47),
+    ),
+    "openai-refusal.sse": ("I'm sorry, but I can't assist with that request.", "refusal", (17, 12)),
+    "anthropic-text.sse": ("Hello there!", "end_turn", (11, 6)),
+    "anthropic-refusal.sse": ("", "refusal", (20, 0)),
+}
+
+
+@pytest.mark.parametrize("fixture", sorted(RECORDED))
+async def test_a_recorded_real_stream_gives_its_text_stop_reason_and_usage(
+    sim: FakeUpstream, fixture: str, transport: str
+) -> None:
+    body = recorded(fixture)
+    provider = adapter(fixture.partition("-")[0], sim)
+    sim.enqueue(Scenario(recorded=body))
+    text, thinking, stop, usage = summary(await collect(provider))
+    expected_text, expected_stop, expected_usage = RECORDED[fixture]
+    assert (text, thinking, stop) == (expected_text, "", expected_stop)
+    assert (usage.input_tokens, usage.output_tokens) == expected_usage
+    # And cut at some 200 offsets through the body, in batches of 50.
+    offsets = list(range(1, len(body), max(1, len(body) // 200)))
+    for start in range(0, len(offsets), 50):
+        batch = offsets[start : start + 50]
+        sim.enqueue(*[Scenario(recorded=body, split=offset) for offset in batch])
+        results = await asyncio.gather(*[collect(provider) for _ in batch])
+        assert [summary(r) for r in results] == [(text, thinking, stop, usage)] * len(batch), batch[0]
+
+
+async def test_an_error_object_sent_as_plain_json_with_200_ends_the_reply_with_its_message(
+    sim: FakeUpstream, transport: str
+) -> None:
+    sim.enqueue(Scenario(json_error=True, error_message="max_tokens is too large"))
+    with pytest.raises(ProviderError) as caught:
+        await collect(adapter("openai", sim))
+    assert caught.value.message == (
+        "The model provider answered with an error instead of a stream (HTTP 200): max_tokens is too large"
+    )
+    assert not caught.value.retryable

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+import html
 import os
 import signal
-import threading
 import time
 
 import pytest
 
-from chat.models import Message, Status
-from tests.conftest import BrowserStream, ChatClient, LiveServer, wait_for_status
+from chat.models import Status
+from tests.conftest import BrowserStream, ChatClient, LiveServer, in_background, wait_for_status, wait_for_text
 from tests.fake_upstream import Scenario
 
 pytestmark = [
@@ -28,28 +28,6 @@ LONG = Scenario(tokens=300, interval=0.01)
 @pytest.fixture
 def workers(server_factory) -> tuple[LiveServer, LiveServer]:
     return server_factory(**WORKER_ENV), server_factory(**WORKER_ENV)
-
-
-def in_background(target) -> tuple[threading.Thread, list]:
-    """Run a browser connection in a thread; a connection cut by a killed server records its error."""
-    results: list = []
-
-    def run() -> None:
-        try:
-            results.append(target())
-        except Exception as exc:
-            results.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread, results
-
-
-def wait_for_text(reply: Message, length: int, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while len(Message.objects.get(pk=reply.pk).content) < length:
-        assert time.monotonic() < deadline, "the owner never checkpointed"
-        time.sleep(0.05)
 
 
 def test_a_reply_sent_through_one_worker_streams_through_another(workers, user, sim) -> None:
@@ -171,3 +149,75 @@ def test_sigterm_lets_a_short_reply_finish(server_factory, user, sim) -> None:
     a_server.process.wait(timeout=15)
     reply.refresh_from_db()
     assert reply.status == Status.COMPLETED and reply.content == sim.expected_text(Scenario(tokens=100))
+
+
+def test_an_idle_worker_logs_no_channel_layer_error_for_30_seconds(server_factory, user, sim) -> None:
+    worker = server_factory(**WORKER_ENV)
+    chat = ChatClient(worker, user)
+    sim.enqueue(Scenario(tokens=5))
+    reply = chat.ask(chat.conversation())
+    assert chat.stream(reply).names()[-1] == "done"  # its mailbox now waits on the channel layer
+    time.sleep(30)
+    log = worker.log()
+    errors = [line for line in log.splitlines() if " ERROR " in line]
+    assert not errors and "Traceback" not in log, f"{len(errors)} errors in 30 s idle, the first: {errors[:1]}"
+
+
+def test_a_stop_through_another_worker_is_answered_at_once_at_any_moment(server_factory, user, sim) -> None:
+    env = {**WORKER_ENV, "CHAT_UNWATCHED_TIMEOUT": "60", "CHAT_MAX_CONCURRENT_REPLIES": "0"}
+    a = ChatClient(server_factory(**env), user)
+    b = ChatClient(server_factory(**env), user)
+    # The owner's mailbox waits on the channel layer in blocking reads of 5 s (channels-redis's brpop_timeout),
+    # each restarted by the message it returns. So the moments that matter are counted from the last stop the
+    # owner received: a quiet spell, then a stop at every part of one blocking read and just past its end.
+    quiet = [0.5, 2.5, 4.5, 5.05, 5.3, 5.55, 5.8]
+    sim.enqueue(*[Scenario(tokens=1200, interval=0.05) for _ in quiet])  # 60 s each: still going when stopped
+    replies = []
+    for i in range(len(quiet)):
+        reply = a.ask(a.conversation(), f"question {i}")
+        a.stream(reply, stop_after=lambda s: bool(s.text()))  # worker A claims it and goes on writing it
+        replies.append(reply)
+    last_heard, late = time.monotonic(), {}
+    for i, (reply, wait) in enumerate(zip(replies, quiet, strict=True)):
+        time.sleep(max(0.0, last_heard + wait - time.monotonic()))
+        pressed = time.monotonic()
+        assert b.stop(reply).status_code == 204
+        log = sim.wait_for(lambda log, i=i: log[i].closed_at is not None, timeout=10)
+        last_heard = log[i].closed_at  # the owner got the stop just before it closed the upstream request
+        assert log[i].body["messages"][-1]["content"] == f"question {i}"
+        if log[i].closed_at - pressed >= 0.5:
+            late[wait] = round(log[i].closed_at - pressed, 2)
+    # A listening owner answers in milliseconds; half a second leaves room for a busy machine.
+    assert not late, f"stops answered late (seconds of quiet before the stop: seconds to answer): {late}"
+    for reply in replies:
+        assert wait_for_status(reply, {Status.CANCELLED}).content  # the partial is kept
+
+
+def test_the_channel_layers_socket_timeout_outlasts_its_blocking_read(settings) -> None:
+    from channels_redis.core import RedisChannelLayer
+
+    [host] = settings.CHANNEL_LAYERS["default"]["CONFIG"]["hosts"]
+    assert host["socket_timeout"] > RedisChannelLayer.brpop_timeout
+
+
+def test_a_reply_interrupted_by_a_shutdown_says_why_as_the_sweep_does(server_factory, user, sim) -> None:
+    from chat.models.message import interrupted_values
+
+    a_server = server_factory(**WORKER_ENV, CHAT_SHUTDOWN_GRACE="1")
+    a, b = ChatClient(a_server, user), ChatClient(server_factory(**WORKER_ENV), user)
+    sim.enqueue(Scenario(tokens=1000, interval=0.01))  # 10 s: longer than the grace
+    reply = a.ask(a.conversation())
+    seen = a.stream(
+        reply, stop_after=lambda s: len(s.text()) > 30 and (a_server.process.send_signal(signal.SIGTERM) or True)
+    )
+    # The browser comes back to the other worker and follows the draining one until it gives up.
+    resumed = b.stream(reply, last_event_id=[e for e in seen.events if e.event == "text"][-1].id)
+    assert a_server.process.wait(timeout=10) is not None
+    reply.refresh_from_db()
+    why = interrupted_values()["error"]  # the sweep's words, for a worker that died
+    assert reply.status == Status.INTERRUPTED and reply.error == why
+    assert seen.text() + resumed.text() == reply.content
+    assert resumed.names()[-2:] == ["error", "done"]  # told why, then the stored reply, which says it too
+    assert html.unescape(resumed.first("error").data) == why and html.escape(why) in resumed.events[-1].data
+    replayed = b.stream(reply)  # and so is a page opened later
+    assert replayed.names() == ["error", "done"] and html.unescape(replayed.first("error").data) == why

@@ -287,7 +287,7 @@ def test_a_reply_left_streaming_by_a_killed_server_is_interrupted_on_restart(ser
     assert reply.status == Status.INTERRUPTED
     assert reply.content == saved
     stream = ChatClient(restarted, user).stream(reply)
-    assert stream.names() == ["done"] and "it shows what was saved" in stream.events[0].data
+    assert stream.names() == ["error", "done"] and "it shows what was saved" in stream.events[0].data
 
 
 def test_a_finished_reply_is_replayed_without_calling_the_provider_again(chat: ChatClient, sim) -> None:
@@ -366,3 +366,95 @@ def test_a_generation_lets_go_of_its_prompt_at_its_first_token() -> None:
     # Its size is kept: a reply stopped before the provider counted its prompt is estimated from it.
     usage = generation.final_usage(content="Hi", thinking="")
     assert usage.input_tokens == pricing.estimate_tokens(chars=4008) and usage.source == "estimated"
+
+
+@pytest.mark.parametrize("shape", ["vllm", "done"])
+def test_an_openai_compatible_error_chunk_then_done_fails_the_reply_with_the_servers_message(
+    chat: ChatClient, sim, shape: str
+) -> None:
+    sim.enqueue(Scenario(error_after=4, error_shape=shape, error_message="CUDA out of memory"))
+    reply = chat.ask(chat.conversation())
+    stream = chat.stream(reply)
+    reply.refresh_from_db()
+    assert reply.status == Status.FAILED
+    assert reply.error == "The model reported an error: CUDA out of memory"
+    assert reply.content and sim.expected_text().startswith(reply.content)
+    assert stream.text() == reply.content
+    assert stream.names()[-2:] == ["error", "done"]
+
+
+def test_done_without_a_finish_reason_fails_the_reply_with_the_text_so_far(chat: ChatClient, sim) -> None:
+    sim.enqueue(Scenario(omit_finish=True))
+    reply = chat.ask(chat.conversation())
+    stream = chat.stream(reply)
+    reply.refresh_from_db()
+    assert reply.status == Status.FAILED
+    assert "ended the stream before the reply was finished" in reply.error
+    assert reply.content == sim.expected_text() and stream.text() == reply.content
+    assert len(sim.log) == 1  # text had been shown: not retried
+    assert stream.names()[-2:] == ["error", "done"]
+
+
+@pytest.mark.parametrize(
+    ("model", "text"),
+    [
+        ("openai:gpt-4o-mini", "Sorry, I cannot assist with that request."),
+        ("anthropic:claude-sonnet-4-5", "Sorry, I will not help with that."),
+        ("anthropic:claude-sonnet-4-5", ""),
+    ],
+    ids=["openai delta.refusal", "anthropic with text", "anthropic without text"],
+)
+def test_a_refusal_is_shown_and_stored_as_one(chat: ChatClient, sim, model: str, text: str) -> None:
+    sim.enqueue(Scenario(refusal=True, text=text))
+    reply = chat.ask(chat.conversation(model))
+    stream = chat.stream(reply)
+    reply.refresh_from_db()
+    assert reply.status == Status.COMPLETED
+    assert (reply.content, reply.stop_reason) == (text, "refusal")
+    assert_seen_equals_stored(stream, reply)
+    final = stream.events[-1].data
+    assert "The model declined to answer." in final
+    assert text in final and "stop: refusal" not in final
+
+
+def test_event_ids_grow_with_every_event_and_a_reconnect_at_any_of_them_is_exact(chat: ChatClient, sim) -> None:
+    import itertools
+    import threading
+
+    from tests.conftest import raw_delta
+
+    thinking = " ".join(f"thought{i}" for i in range(300))
+    sim.enqueue(Scenario(tokens=300, thinking=thinking, interleave=True, interval=0.005))  # both kinds every frame
+    reply = chat.ask(chat.conversation())
+    whole: list = []  # a watcher that stays, so leaving the first connection does not cancel the reply
+    watcher = threading.Thread(target=lambda: whole.append(chat.stream(reply)))
+    watcher.start()
+    first = chat.stream(reply, stop_after=lambda s: len(s.text()) > 200)
+    # The browser got the events up to a `thinking` one and the connection dropped right after it.
+    cut = max(i for i, e in enumerate(first.events) if e.event == "thinking" and e.id)
+    seen = first.events[: cut + 1]
+    resumed = chat.stream(reply, last_event_id=seen[-1].id)
+    watcher.join()
+    reply.refresh_from_db()
+    assert reply.status == Status.COMPLETED and reply.thinking == thinking
+
+    for stream in (whole[0], first, resumed):
+        ids = [int(e.id) for e in stream.events if e.id]
+        assert all(a < b for a, b in itertools.pairwise(ids)), f"event ids that do not grow: {ids}"
+    kinds = {e.event for e in whole[0].events}
+    assert {"text", "thinking"} <= kinds
+    text = "".join(raw_delta(e.data) for e in seen if e.event == "text") + resumed.text()
+    thought = "".join(raw_delta(e.data) for e in seen if e.event == "thinking") + resumed.thinking()
+    assert (text, thought) == (reply.content, reply.thinking)  # nothing lost, nothing repeated
+    assert (whole[0].text(), whole[0].thinking()) == (reply.content, reply.thinking)
+
+
+def test_an_html_error_page_from_a_proxy_is_shown_as_its_status_and_title(chat: ChatClient, sim) -> None:
+    sim.enqueue(Scenario(status=403, html_error=True, error_message="Attention Required! &#124; Cloudflare"))
+    reply = chat.ask(chat.conversation())
+    stream = chat.stream(reply)
+    reply.refresh_from_db()
+    assert reply.status == Status.FAILED
+    assert reply.error == "Access to this model was refused (HTTP 403): Attention Required! | Cloudflare"
+    assert "Attention Required! | Cloudflare" in stream.events[-1].data and "&lt;" not in stream.events[-1].data
+    assert len(sim.log) == 1

@@ -368,3 +368,54 @@ def test_the_update_poll_of_another_users_conversation_is_a_404(conversation, dj
     intruder = Client()
     intruder.force_login(django_user_model.objects.create_user(username="eve", password="a-long-test-password"))
     assert intruder.get(f"/chat/{conversation.pk}/updates/?after=0").status_code == 404
+
+
+def ask_at_once(tabs: list, texts: list[str]) -> list:
+    """Each tab posts its question on the first page at the same moment: the answers, in order."""
+    import threading
+
+    gate, answers = threading.Barrier(len(tabs)), [None] * len(tabs)
+
+    def send(i: int) -> None:
+        data = {"text": texts[i], "model": "openai:gpt-4o-mini", "request_key": texts[i]}
+        gate.wait()
+        answers[i] = tabs[i].http.post("/chat/new/", data=data, headers={"X-CSRFToken": tabs[i].csrf})
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(tabs))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(20)
+    return answers
+
+
+@pytest.mark.django_db(transaction=True)
+def test_questions_from_two_tabs_at_once_each_start_their_own_conversation(asgi_server, user, sim) -> None:
+    from tests.conftest import ChatClient, wait_until_settled
+
+    tabs = [ChatClient(asgi_server, user) for _ in range(3)]  # the default limit: 3 replies at once
+    for round in range(4):
+        Conversation.objects.create(user=user, model="openai:gpt-4o-mini")  # New chat was pressed: untouched
+        answers = ask_at_once(tabs, [f"question {round}.{i}" for i in range(len(tabs))])
+        assert [a.status_code for a in answers] == [302] * len(tabs)
+        started = {int(a.headers["location"].strip("/").split("/")[-1]) for a in answers}
+        assert len(started) == len(tabs), f"round {round}: {len(tabs)} questions landed in {len(started)}"
+        for pk in started:
+            conversation = Conversation.objects.get(pk=pk)
+            assert conversation.messages.filter(role=Role.USER).count() == 1
+            [reply] = conversation.messages.filter(role=Role.ASSISTANT)
+            assert tabs[0].stream(reply).names()[-1] == "done"
+            assert Message.objects.get(pk=reply.pk).status == Status.COMPLETED
+        assert not Message.objects.filter(conversation__user=user, status=Status.QUEUED).exists()
+    for tab in tabs:
+        tab.close()
+    wait_until_settled()
+
+
+def test_a_double_submit_of_the_first_pages_question_starts_one_conversation(client, owner) -> None:
+    Conversation.objects.create(user=owner, model="demo:demo")
+    data = {"text": "How do I make soup?", "model": "demo:demo", "request_key": "same-form"}
+    first, second = client.post("/chat/new/", data), client.post("/chat/new/", data)
+    assert first["Location"] == second["Location"]
+    [conversation] = Conversation.objects.for_user(owner).exclude(title="")
+    assert [m.role for m in conversation.messages.all()] == [Role.USER, Role.ASSISTANT]

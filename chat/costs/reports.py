@@ -21,6 +21,13 @@ GROUPINGS: tuple[Grouping, ...] = ("day", "user", "model")
 CSV_HEADER = ["{by}", "replies", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"]
 CSV_HEADER += ["cost_usd", "without_cost"]
 MICRODOLLAR = Decimal("0.000001")
+# The dates a report may name: a URL or a flag can say 9999-12-31, whose next day (a period's end) does not
+# exist. Nothing was priced before 2000, and a thousand years leaves room for any report someone means.
+EARLIEST, LATEST = date(2000, 1, 1), date(2999, 12, 31)
+
+
+class PeriodError(ValueError):
+    """A period no report can cover, said in words for a form or a terminal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +47,15 @@ class Period:
 
     def days(self) -> list[date]:
         return [self.since + timedelta(days=n) for n in range((self.until - self.since).days + 1)]
+
+
+def period(*, since: date, until: date) -> Period:
+    """The period from since to until, or PeriodError: a date out of bounds, or the two the wrong way round."""
+    if not (EARLIEST <= since <= LATEST and EARLIEST <= until <= LATEST):
+        raise PeriodError(f"Dates must be between {EARLIEST.isoformat()} and {LATEST.isoformat()}.")
+    if since > until:
+        raise PeriodError("The period must start before it ends.")
+    return Period(since=since, until=until)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
@@ -30,6 +31,22 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
             return self.create(user=user, model=model)
         conversation.configure(model=model)
         return conversation
+
+    def start_with(self, *, user: AbstractBaseUser, model: str, text: str, request_key: str = "") -> Message:
+        """A conversation that starts with this question (the untouched one, as `start`), and its queued reply.
+
+        One at a time per user, under a lock on the user's row (SQLite's immediate transactions write one at a
+        time anyway): two tabs asking at once would otherwise both take the same untouched conversation and
+        ask in it. A double submit of one form (its request_key) gets the reply the first submit made."""
+        with transaction.atomic():
+            get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").get()
+            if request_key:
+                earlier = Message.objects.filter(
+                    conversation__user=user, role=Role.ASSISTANT, request_key=request_key
+                ).first()
+                if earlier is not None:
+                    return earlier
+            return self.start(user=user, model=model).ask(text=text, request_key=request_key)
 
 
 class NotTheLatestReply(Exception):

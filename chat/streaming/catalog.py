@@ -46,7 +46,12 @@ def default_model() -> str:
 def provider_named(name: str) -> Provider:
     """One adapter per provider per process; they hold configuration only, the HTTP client is shared."""
     configure_client(transport=settings.CHAT_HTTP_TRANSPORT, max_connections=settings.CHAT_MAX_CONNECTIONS)
-    timeouts = Timeouts(connect=settings.CHAT_CONNECT_TIMEOUT, idle=settings.CHAT_IDLE_TIMEOUT)
+    timeouts = Timeouts(
+        connect=settings.CHAT_CONNECT_TIMEOUT,
+        idle=settings.CHAT_IDLE_TIMEOUT,
+        progress=settings.CHAT_PROGRESS_TIMEOUT,
+        max_event_bytes=settings.CHAT_MAX_EVENT_BYTES,
+    )
     if name == "openai":
         return build_provider(
             name, api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL, timeouts=timeouts

@@ -14,6 +14,7 @@ from django.conf import settings
 
 from chat.costs import pricing
 from chat.models import Message, Prompt, Status, UsageSource
+from chat.models.message import interrupted_values
 from chat.streaming import catalog, fanout, live
 from chat.streaming.checkpoints import checkpointer, forget_connection
 from chat.streaming.live import TEXT, THINKING, LiveReply, Shutdown
@@ -151,6 +152,9 @@ class Generation(LiveReply):
             # (the cancellation unwound it) and keep what was written.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             status = Status.INTERRUPTED if self.stop_reason_requested == SHUTTING_DOWN else Status.CANCELLED
+            if status == Status.INTERRUPTED:
+                # The sweep's words for a worker that died: the reader sees why the reply ends there either way.
+                error = str(interrupted_values()["error"])
         except Exception:
             logger.exception("reply %s failed unexpectedly", self.reply.pk)
             status, error = Status.FAILED, "Something went wrong on our side while writing this reply."

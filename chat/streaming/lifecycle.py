@@ -6,6 +6,7 @@ import asyncio
 import logging
 import sys
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import DatabaseError, connection
@@ -80,11 +81,28 @@ def install_drain_on_shutdown() -> None:
         # Set at once, not in the coroutine: daphne cancels every open response right after this
         # returns, and those departing watchers must not be taken for users who closed their tab.
         Shutdown.requested = True
-        logger.info("shutting down: draining %d replies", len(control.live_ids()))
+        # Let go of the port before the drain, not after: a new process restarted in place binds it
+        # at once instead of failing while this one finishes its replies (README, Deploy).
+        closed = stop_listening(reactor)
+        logger.info(
+            "shutting down: stopped listening on %d sockets, draining %d replies", closed, len(control.live_ids())
+        )
         loop = asyncio.get_event_loop()
         return defer.Deferred.fromFuture(loop.create_task(drain_and_close()))
 
     reactor.addSystemEventTrigger("before", "shutdown", before_shutdown)
+
+
+def stop_listening(reactor: Any) -> int:
+    """Close this process's listening sockets now; connections already open (the streams being
+    drained) are left alone. daphne keeps its ports only as Deferreds in its Server, which the app
+    cannot reach, so they are found among the reactor's readers: a listening socket is one."""
+    from twisted.internet import tcp  # unix.Port is a tcp.Port too
+
+    ports = [reader for reader in reactor.getReaders() if isinstance(reader, tcp.Port)]
+    for port in ports:
+        port.stopListening()  # the socket closes on the reactor's next turn, well before the drain ends
+    return len(ports)
 
 
 async def drain_and_close() -> None:

@@ -80,7 +80,8 @@ async def watch(generation: LiveReply, *, resume_from: int) -> AsyncIterator[str
                     position = end
             if generation.notice != notice:
                 notice = generation.notice
-                yield sse.event("notice", escape(notice), id=position)
+                # No id: a notice moves no part, and the browser's Last-Event-ID must stay a part count.
+                yield sse.event("notice", escape(notice), id=None)
             if finished:
                 for chunk in final_events(generation.reply, next_id=view.last_id + 1):
                     yield chunk
@@ -130,17 +131,30 @@ class LiveView:
         generation = self.generation
         self.markdown.feed(generation.text(TEXT, start=self.fed, end=end))
         self.fed = end
-        thinking = generation.text(THINKING, start=start, end=end)
         render = final or self.markdown.due()
-        if not thinking and not render:
-            return ""
-        # Only a final render with no new parts goes out past the last part's id (then come error and done).
-        self.last_id = end if end > self.last_id else self.last_id + 1
-        chunk = sse.event("thinking", self._thinking(thinking), id=self.last_id) if thinking else ""
-        text = generation.text(TEXT, start=start, end=end)
-        if text or render:
-            data = escape(text) + (self._render(final=final) if render else "")
-            chunk += sse.event("text", data, id=self.last_id)
+        runs = kind_runs(generation.kinds, start=start, end=end)
+        if not render and all(kind == TEXT for kind, _, _ in runs):
+            return ""  # the page shows the swaps, not the raw text: text alone waits for a render
+        last_text = max((i for i, (kind, _, _) in enumerate(runs) if kind == TEXT), default=-1)
+        chunk = ""
+        for i, (kind, run_start, run_end) in enumerate(runs):
+            # One event per run of one kind of part, its id the count of parts up to the run's end: the ids
+            # grow with every event, and a reconnect from any of them resumes at exactly that part.
+            data = generation.text(kind, start=run_start, end=run_end)
+            if kind == THINKING:
+                chunk += sse.event("thinking", self._thinking(data), id=run_end)
+            else:
+                swaps = self._render(final=final) if render and i == last_text else ""
+                chunk += sse.event("text", escape(data) + swaps, id=run_end)
+        if runs:
+            self.last_id = end
+        if render and last_text < 0:
+            # Swaps for text sent before: they move no part, so mid-reply they carry no id (the browser's
+            # Last-Event-ID stays a part count); the final render goes past the last part, and only error
+            # and done follow it.
+            if final:
+                self.last_id += 1
+            chunk += sse.event("text", self._render(final=final), id=self.last_id if final else None)
         return chunk
 
     # The swaps are built from literals, the reply's integer pk and nh3's sanitized markdown HTML; the raw
@@ -164,9 +178,22 @@ class LiveView:
         return swaps + f'<div hx-swap-oob="innerHTML:#tail-{self.pk:d}">{tail}</div>'
 
 
+def kind_runs(kinds: bytearray, *, start: int, end: int) -> list[tuple[int, int, int]]:
+    """(kind, start, end) of each run of one kind of part in [start, end)."""
+    runs = []
+    while start < end:
+        kind = kinds[start]
+        other = kinds.find(TEXT if kind == THINKING else THINKING, start, end)
+        stop = end if other < 0 else other
+        runs.append((kind, start, stop))
+        start = stop
+    return runs
+
+
 def final_events(reply: Message, *, next_id: int) -> list[str]:
     events = []
-    if reply.status == Status.FAILED:
+    # An interrupted reply says why too (a shutdown or a dead worker), as a failed one does.
+    if reply.status == Status.FAILED or (reply.status == Status.INTERRUPTED and reply.error):
         events.append(sse.event("error", escape(reply.error), id=next_id))
         next_id += 1
     events.append(sse.event("done", render_to_string("chat/conversation.html#message", {"message": reply}), id=next_id))

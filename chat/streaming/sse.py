@@ -13,12 +13,14 @@ HEADERS = {
 }
 
 
-def event(name: str, data: str, *, id: int | str) -> str:
+def event(name: str, data: str, *, id: int | str | None) -> str:
     # A data line cannot contain a newline: each line of the payload becomes its own `data:` line,
     # and the browser joins them back with "\n".
     lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     body = "".join(f"data: {line}\n" for line in lines)
-    return f"id: {id}\nevent: {name}\n{body}\n"
+    # None leaves the line out, and EventSource keeps the last id it had (an empty `id:` would clear it).
+    head = "" if id is None else f"id: {id}\n"
+    return f"{head}event: {name}\n{body}\n"
 
 
 def comment(text: str) -> str:

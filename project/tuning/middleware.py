@@ -13,7 +13,7 @@ The same holds for Django's request_started receivers (reset_queries, close_old_
 sync, so the handler runs them in a hop of their own before the first middleware. `take_over_request_started`
 moves them into the first group's hop.
 
-Measured (docs/decisions/): one request to the login page takes 17 thread hops through Django 5.2's chain and
+Measured (docs/decisions/): one request to the login page takes 18 thread hops through Django 5.2's chain and
 6 through the group (tests/tuning/test_middleware.py counts them and shows the stock chain's). With the session
 and reply reads in one hop and the frame-paced watch loop, the same round took added TTFT at C=100 from
 216 / 343 ms to 22 / 84 ms (p50 / p99) and the capacity from 35 to 90 streams, alternated with the commit

@@ -120,9 +120,19 @@ function promptLogin() {
 
 document.addEventListener("htmx:beforeSwap", (event) => {
   const xhr = event.detail.xhr;
-  // A 503 of ours (the server is full) says so next to the composer, like a 429; it retargets
-  // itself there. A 503 from anything in between (a router) has no such header and swaps nothing.
-  if (xhr && xhr.status === 503 && xhr.getResponseHeader("HX-Retarget")) event.detail.shouldSwap = true;
+  // An error page that is not ours (Django's bare 400, a proxy's 413) never lands in the thread; our
+  // own error answers retarget themselves next to the composer. htmx:responseError says what happened.
+  const target = event.detail.target;
+  if (xhr && xhr.status >= 400 && !xhr.getResponseHeader("HX-Retarget") && target && target.id === "messages") {
+    event.detail.shouldSwap = false;
+    return;
+  }
+  // An error of ours that base.html's responseHandling does not swap (a 503: the server is full; a
+  // 413: a message over the size limit) says so next to the composer, like a 429; it retargets itself
+  // there. The same status from anything in between (a router, a proxy) has no such header.
+  if (xhr && (xhr.status === 503 || xhr.status === 413) && xhr.getResponseHeader("HX-Retarget")) {
+    event.detail.shouldSwap = true;
+  }
   // login_required redirected an htmx request to the login page: keep the target as it is and
   // let the page's out-of-band login prompt (registration/session_expired.html) show instead.
   if (xhr && xhr.responseURL && new URL(xhr.responseURL).pathname === document.body.dataset.loginUrl) {
@@ -133,9 +143,12 @@ document.addEventListener("htmx:beforeSwap", (event) => {
 
 document.addEventListener("htmx:sseError", async (event) => {
   const source = event.detail.source;
-  if (!source || source.readyState !== EventSource.CLOSED) return; // the browser is reconnecting by itself
+  if (!source) return;
   const response = await fetch(document.body.dataset.sessionUrl, { credentials: "same-origin" }).catch(() => null);
-  if (response && response.status === 401) {
+  // Nobody listening: a restart in place. The browser (or the extension, for a closed source) connects again.
+  if (!response) { sayRestarting(); return; }
+  if (source.readyState !== EventSource.CLOSED) return; // the browser is reconnecting by itself
+  if (response.status === 401) {
     // Stop the extension from reconnecting for nothing, and say why.
     event.detail.elt.removeAttribute("sse-connect");
     source.close();
@@ -150,16 +163,101 @@ document.addEventListener("htmx:sseBeforeMessage", (event) => {
   for (const part of live.querySelectorAll(".thinking-text, .content > div, .notice, .error")) part.replaceChildren();
 });
 
+// --- the size of a message: a text over the limit is refused here, before it is sent; any refusal
+// for size (ours, Django's, or a proxy's 413) names the limit, and the text stays in the box ---
+const KEPT = "It is still in the box: shorten it and send it again.";
+let sizeSaid = false; // the status line shows our size warning, to take back once the text fits
+function characters(text) {
+  // As the server counts (code points, after strip): a surrogate pair is one character.
+  let count = text.length;
+  if (count > 1) for (const _ of text.matchAll(/[\uD800-\uDBFF][\uDC00-\uDFFF]/g)) count--;
+  return count;
+}
+const number = (n) => n.toLocaleString("en-US");
+function limitOf(form) {
+  const box = form && form.querySelector("textarea[data-max-chars]");
+  return box ? Number(box.dataset.maxChars) : 0;
+}
+function overLimit(form) {
+  const limit = limitOf(form);
+  const box = form && form.querySelector("textarea");
+  if (!limit || !box || box.value.length <= limit) return ""; // UTF-16 units >= characters: cheap first test
+  const count = characters(box.value.trim());
+  return count > limit ? `This message is ${number(count)} characters; the limit is ${number(limit)} characters. ${KEPT}` : "";
+}
+function megabytes(bytes) {
+  return bytes >= 1e6 ? `${(bytes / 1e6).toFixed(1)} MB` : `${Math.max(1, Math.round(bytes / 1e3))} KB`;
+}
+function refusedForSize(form, status) {
+  const box = form.querySelector("textarea");
+  const size = megabytes(new Blob([box ? box.value : ""]).size);
+  const limit = limitOf(form);
+  const named = limit ? `; the limit is ${number(limit)} characters` : "";
+  const why = status === 413 ? `as too large (${size}, ${status})` : `(${status}; it is ${size})`;
+  return `The server refused this message ${why}${named}. ${KEPT}`;
+}
+document.addEventListener("input", (event) => {
+  const form = event.target instanceof HTMLTextAreaElement && event.target.form;
+  if (!form || form.id !== "composer") return;
+  const warning = overLimit(form);
+  if (warning) { say(warning); sizeSaid = true; } else if (sizeSaid) { say(""); sizeSaid = false; }
+});
+// Capture: ahead of htmx's own submit handler on the form, and of a plain form's navigation.
+document.addEventListener("submit", (event) => {
+  const form = event.target;
+  if (!(form instanceof HTMLFormElement) || form.id !== "composer") return;
+  const warning = overLimit(form);
+  if (!warning) return;
+  event.preventDefault();
+  event.stopPropagation();
+  say(warning);
+  sizeSaid = true;
+}, true);
+
+// --- a restart in place: for the second or two while no process listens on the port, a send or a
+// stream fails with a network error. Say so and try again; the text stays in the box. A repeated send
+// carries the form's request_key, so one that did arrive is not stored twice. ---
+const RESTARTING = "The server is restarting; retrying…";
+const SEND_RETRY_DELAYS = [500, 1000, 1000, 2000, 2000, 3000, 3000, 5000, 5000, 5000]; // about 28 s in all
+let sendRetries = 0;
+let restartSaid = false;
+function sayRestarting() { say(RESTARTING); restartSaid = true; }
+function clearRestarting() { if (restartSaid) { restartSaid = false; say(""); } }
+document.addEventListener("htmx:sendError", (event) => {
+  const form = event.detail.elt;
+  if (form.id !== "composer") { sayRestarting(); return; } // the poller asks again by itself
+  if (sendRetries < SEND_RETRY_DELAYS.length) {
+    sayRestarting();
+    setTimeout(() => { if (form.isConnected) form.requestSubmit(); }, SEND_RETRY_DELAYS[sendRetries++]);
+    return;
+  }
+  sendRetries = 0;
+  restartSaid = false;
+  say("Could not reach the server. Your message is still in the box; try again.");
+});
+// Any answer at all means somebody listens again (before the answer's own message is shown).
+document.addEventListener("htmx:beforeOnLoad", (event) => {
+  if (event.detail.elt.id === "composer") sendRetries = 0;
+  clearRestarting();
+});
+document.addEventListener("htmx:sseOpen", clearRestarting);
+
 // --- sending: the typed text stays in the box unless the message was accepted ---
 document.addEventListener("htmx:beforeRequest", (event) => {
-  if (event.detail.elt.id === "composer") { say(""); pinned = true; ourTop = -1; }
-});
-document.addEventListener("htmx:sendError", () => {
-  say("Could not reach the server. Your message is still in the box; try again.");
+  if (event.detail.elt.id !== "composer") return;
+  if (!restartSaid) say(""); // a retry keeps saying why until an answer comes
+  pinned = true;
+  ourTop = -1;
 });
 document.addEventListener("htmx:responseError", (event) => {
   const xhr = event.detail.xhr;
-  if (xhr.status < 500 || xhr.getResponseHeader("HX-Retarget")) return; // our own answer says why
+  if (xhr.getResponseHeader("HX-Retarget")) return; // our own answer says why
+  const form = event.detail.elt;
+  if (form && form.id === "composer" && (xhr.status === 413 || xhr.status === 400)) {
+    say(refusedForSize(form, xhr.status)); // a 400 not ours: Django's size limit, or a server without this page's
+    return;
+  }
+  if (xhr.status < 500) return;
   const wait = xhr.status === 503 && xhr.getResponseHeader("Retry-After");
   say(wait
     ? `The server is busy. Your message is still in the box; try again in ${wait} s.`

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 import threading
 import time
 from typing import Any
@@ -464,7 +465,7 @@ def test_a_send_to_a_full_server_says_so_in_the_composer_and_keeps_the_text(
         for tab in new_tab(chromium, server, user):
             open_and_send(tab, user, "Is there room for me?")
             error = tab.page.locator("#composer-status .page-notice")
-            error.wait_for()
+            error.wait_for(timeout=30_000)  # a loaded CI machine runs stock Django slowly
             assert "busy with other replies" in error.inner_text() and "Try again in 5 s" in error.inner_text()
             assert tab.page.locator("#composer textarea").input_value() == "Is there room for me?"
             assert "had a problem" not in tab.page.locator("#composer-status").inner_text()
@@ -512,3 +513,162 @@ def test_a_4000_token_reply_streams_without_piling_up_the_page(tab: Tab, user, s
             f"live bubble at most {max(nodes)} elements, final reply {final_nodes}"
         )
     assert Message.objects.get(role=Role.ASSISTANT).content == text
+
+
+# A paste far over Django's DATA_UPLOAD_MAX_MEMORY_SIZE (2.5 MB); the suite's message limit is 2,000 characters.
+HUGE_PASTE = ("a log line of a fair length, " * 5 + "\n") * 22_000  # 3,211,998 characters once stripped; 3.5 MB sent
+LIMIT_NAMED = "the limit is 2,000 characters"
+
+
+def paste(tab: Tab, text: str) -> None:
+    """As a paste lands: the whole text at once, then one input event (Playwright's fill types 3 MB slowly)."""
+    tab.page.evaluate(
+        """(text) => { const box = document.querySelector('#composer textarea');
+                       box.focus(); box.value = text; box.dispatchEvent(new Event('input', {bubbles: true})); }""",
+        text,
+    )
+
+
+def posts_to(tab: Tab, path: str) -> list[str]:
+    return [url for url in tab.requests if url.endswith(path)]
+
+
+def assert_kept_and_named(tab: Tab, text: str) -> None:
+    """The thread shows nothing new, the message next to the composer names the limit, the text is still there."""
+    wait_until(tab, "!document.querySelector('.htmx-request')", timeout=60)  # the send, if any, has settled
+    # (document.body: DEBUG's error page, swapped in, can take the thread's place.)
+    thread = tab.page.evaluate("(document.getElementById('messages') || document.body).innerText.slice(0, 300)")
+    assert "Bad Request" not in thread and "RequestDataTooBig" not in thread, thread
+    assert tab.page.locator("#messages > *").count() == 0
+    status = tab.page.evaluate("document.getElementById('composer-status').innerText")
+    assert LIMIT_NAMED in status, status
+    assert tab.page.locator("#composer textarea").input_value() == text
+
+
+def test_a_paste_over_the_limit_is_refused_before_sending_and_stays_in_the_composer(tab: Tab, user, sim) -> None:
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    paste(tab, HUGE_PASTE)
+    tab.page.locator("#composer .send").click(timeout=60_000)  # a 3 MB box takes seconds to lay out
+    assert_kept_and_named(tab, HUGE_PASTE)
+    assert "3,211,998 characters" in tab.page.locator("#composer-status").inner_text()
+    time.sleep(0.3)
+    assert posts_to(tab, f"/chat/{chat.pk}/messages/") == []  # nothing was sent
+    assert Message.objects.count() == 0 and sim.log == []
+
+
+def test_a_paste_over_djangos_request_size_limit_is_answered_in_the_composer_not_the_thread(
+    tab: Tab, user, sim
+) -> None:
+    """The real request: a page without its own check (say, a cached older page) sends 3.2 MB to daphne."""
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    tab.page.evaluate("document.querySelector('#composer textarea').removeAttribute('data-max-chars')")
+    paste(tab, HUGE_PASTE)
+    with tab.page.expect_response(lambda response: response.request.method == "POST") as sent:
+        tab.page.locator("#composer .send").click(timeout=60_000)  # a 3 MB box takes seconds to lay out
+    assert sent.value.status == 413
+    assert_kept_and_named(tab, HUGE_PASTE)
+    assert re.search(
+        r"This message is too long to send \(\d\.\d MB as sent\)", tab.page.locator("#composer-status").inner_text()
+    )
+    assert Message.objects.count() == 0 and sim.log == []
+
+
+def test_a_413_from_a_proxy_is_never_swapped_into_the_thread_and_names_the_limit(tab: Tab, user, sim) -> None:
+    """A proxy in front with a smaller body limit than Django's: its 413 page is the network edge."""
+    proxy_page = "<html><head><title>413 Request Entity Too Large</title></head><body>nginx</body></html>"
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    tab.page.route(
+        f"**/chat/{chat.pk}/messages/",
+        lambda route: route.fulfill(status=413, body=proxy_page, content_type="text/html"),
+    )
+    text = "Within the app's limit, over the proxy's: " + "x" * 1500
+    paste(tab, text)
+    tab.page.locator("#composer .send").click()
+    assert_kept_and_named(tab, text)
+    assert "too large" in tab.page.locator("#composer-status").inner_text()
+    assert "nginx" not in tab.page.locator("main").inner_text()
+    assert Message.objects.count() == 0 and sim.log == []
+
+
+# A restart in place: for a second or two nobody listens on the port, and the browser's requests are refused.
+RESTARTING = "The server is restarting; retrying…"
+
+
+def refuse_at_first(
+    tab: Tab, pattern: str, *, times: int | None = None, seconds: float | None = None, method: str | None = None
+) -> list[str]:
+    """Refuse the connection to `pattern` (the network edge): the first `times` requests, or all for `seconds`."""
+    refused: list[str] = []
+    until = time.monotonic() + seconds if seconds is not None else None
+
+    def handle(route: Any) -> None:
+        if method and route.request.method != method:
+            route.continue_()
+        elif (times is not None and len(refused) < times) or (until is not None and time.monotonic() < until):
+            refused.append(route.request.url)
+            route.abort("connectionrefused")
+        else:
+            route.continue_()
+
+    tab.page.route(pattern, handle)
+    return refused
+
+
+def test_a_send_while_nobody_listens_says_the_server_is_restarting_and_retries_with_the_text(
+    tab: Tab, user, sim
+) -> None:
+    sim.enqueue(Scenario(text="Back again."))
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    refused = refuse_at_first(tab, f"**/chat/{chat.pk}/messages/", times=3)
+    send(tab, "Are you there?")
+    wait_until(tab, f"document.getElementById('composer-status').innerText.includes({RESTARTING!r})", timeout=5)
+    if tab.page.locator("#messages .message").count() == 0:  # still retrying: the text is kept meanwhile
+        assert tab.page.locator("#composer textarea").input_value() == "Are you there?"
+    reply_locator(tab, "completed").wait_for(timeout=20_000)
+    assert len(refused) == 3 and "Back again." in reply_locator(tab).inner_text()
+    assert Message.objects.filter(role=Role.USER).count() == 1  # one message, however many tries
+    assert tab.page.locator("#composer-status").inner_text() == ""
+    assert tab.page.locator("#composer textarea").input_value() == ""
+
+
+def test_a_stream_that_cannot_connect_says_the_server_is_restarting_and_resumes(tab: Tab, user, sim) -> None:
+    sim.enqueue(Scenario(tokens=40, interval=0.01))
+    chat = conversation(user)
+    tab.open(f"/chat/{chat.pk}/")
+    # The reply's stream, and anything else the page asks meanwhile, finds nobody listening for 2 s.
+    refused = refuse_at_first(tab, "**/chat/**", seconds=2, method="GET")
+    send(tab, "Stream to me")
+    wait_until(tab, f"document.getElementById('composer-status').innerText.includes({RESTARTING!r})", timeout=5)
+    reply_locator(tab, "completed").wait_for(timeout=20_000)
+    assert any("/stream/" in url for url in refused)
+    assert tab.page.locator("#composer-status").inner_text() == ""
+
+
+def test_a_paste_over_the_limit_on_the_new_chat_page_is_refused_before_sending(tab: Tab, user, sim) -> None:
+    tab.open("/chat/")
+    text = "x" * 2001
+    paste(tab, text)
+    tab.page.locator("#composer textarea").press("Enter")
+    wait_until(tab, "document.getElementById('composer-status').innerText.includes('limit')")
+    assert LIMIT_NAMED in tab.page.locator("#composer-status").inner_text()
+    assert tab.page.url.endswith("/chat/") and tab.page.locator("#composer textarea").input_value() == text
+    assert Conversation.objects.count() == 0
+
+
+def test_a_message_at_the_limit_with_line_breaks_is_counted_as_typed_and_accepted(tab: Tab, user, sim) -> None:
+    """The new chat page's plain form post sends each line break as CRLF (htmx sends LF); the page and
+    the server both count it as the one character the user typed."""
+    sim.enqueue(Scenario(text="Read it all."))
+    text = ("a" * 9 + "\n") * 199 + "a" * 10  # 2,000 characters as typed, 199 line breaks
+    tab.open("/chat/")
+    paste(tab, text)
+    with tab.page.expect_navigation():
+        tab.page.locator("#composer .send").click()
+    errors = tab.page.locator("#composer .composer-errors")
+    assert errors.count() == 0, errors.inner_text()
+    reply_locator(tab, "completed").wait_for()
+    assert Message.objects.get(role=Role.USER).content == text

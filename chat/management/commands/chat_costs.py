@@ -29,9 +29,10 @@ class Command(BaseCommand):
     def handle(
         self, *args: Any, since: date, until: date | None, by: reports.Grouping, csv: bool, **options: Any
     ) -> None:
-        period = reports.Period(since=since, until=until or datetime.now(UTC).date())
-        if period.since > period.until:
-            raise CommandError("--since must not be after --until")
+        try:
+            period = reports.period(since=since, until=until or datetime.now(UTC).date())
+        except reports.PeriodError as exc:
+            raise CommandError(str(exc)) from exc
         rows = reports.totals(period, by=by)
         if csv:
             reports.write_csv(rows, self.stdout, by=by)

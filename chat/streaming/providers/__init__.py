@@ -74,8 +74,12 @@ class ProviderError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
+    """How long and how much an upstream stream may take; built from settings by chat.streaming.catalog."""
+
     connect: float = 10.0
     idle: float = 60.0  # seconds without a byte from upstream
+    progress: float = 60.0  # seconds without a complete event while bytes keep coming
+    max_event_bytes: int = 4 * 1024 * 1024  # one event's bytes before its blank line (so each of its lines too)
 
 
 class Provider(ABC):

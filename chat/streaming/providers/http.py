@@ -70,7 +70,7 @@ async def open_sse(
     # No read timeout for the client: the IdleTimer below is the same rule at a fraction of the cost.
     timeout = httpx.Timeout(connect=timeouts.connect, read=None, write=timeouts.connect, pool=timeouts.connect)
     headers = {**headers, "accept": "text/event-stream", "content-type": "application/json"}
-    idle = IdleTimer(timeouts.idle)
+    idle = IdleTimer(timeouts.idle, progress=timeouts.progress)
     try:
         async with shared_client().stream("POST", url, content=body, headers=headers, timeout=timeout) as response:
             idle.touch()
@@ -78,6 +78,10 @@ async def open_sse(
                 raise await _status_error(response)
             content_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
             if content_type != "text/event-stream":
+                if content_type in ("application/json", "text/html") or content_type.endswith("+json"):
+                    # An error object (vLLM's, some proxies') or an error page where the stream should be: its
+                    # message, read bounded, as for an error status.
+                    raise await _status_error(response)
                 raise ProviderError(
                     "The model provider answered with something other than a stream "
                     f"(content type {content_type or 'missing'!r})."
@@ -86,10 +90,17 @@ async def open_sse(
             # CPU at C=100, docs/decisions/0023); a compressing proxy's gzip or br still goes through it.
             plain = response.headers.get("content-encoding", "identity").strip().lower() == "identity"
             chunks = response.aiter_raw() if plain else response.aiter_bytes()
-            yield server_sent_events(chunks, on_chunk=idle.touch)
+            yield server_sent_events(
+                chunks, on_chunk=idle.touch, on_event=idle.progressed, max_event_bytes=timeouts.max_event_bytes
+            )
     except asyncio.CancelledError:
         if not idle.expired or idle.task.uncancel() > 0:
             raise  # a Stop, a browser gone, a shutdown: not ours to turn into an error
+        if idle.expired == "progress":
+            raise ProviderError(
+                f"The model kept sending data for {timeouts.progress:g} seconds without completing an event, "
+                "so the reply was stopped (timeout)."
+            ) from None
         raise ProviderError(
             f"The model sent nothing for {timeouts.idle:g} seconds, so the reply was stopped (timeout)."
         ) from None
@@ -107,30 +118,38 @@ async def open_sse(
 
 
 class IdleTimer:
-    """Cancels the task reading a stream when no byte has come for `seconds` (CHAT_IDLE_TIMEOUT).
+    """Cancels the task reading a stream when no byte has come for `seconds` (CHAT_IDLE_TIMEOUT), or no
+    complete event for `progress` seconds while bytes still come (CHAT_PROGRESS_TIMEOUT).
 
     A client's read timeout re-arms a timer for every packet: aiohttp's was 2.6 % of the relay's CPU
-    at C=100 (docs/decisions/0015). Here a chunk only notes the time, and the one timer, when it fires,
-    either finds a byte came since (and waits out the rest of the period) or ends the stream.
+    at C=100 (docs/decisions/0015). Here a chunk or an event only notes the time, and the one timer, when
+    it fires, either finds both clocks moved since (and waits for the earlier of their new deadlines) or
+    ends the stream. Bytes alone are not progress: a trickle that never completes an event would
+    otherwise hold the reply open (and its buffer up to CHAT_MAX_EVENT_BYTES) for as long as it trickles.
     """
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, *, progress: float | None = None) -> None:
         self.seconds = seconds
+        self.progress = seconds if progress is None else progress
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
-        self.last = self.loop.time()
-        self.expired = False
-        self._handle = self.loop.call_at(self.last + seconds, self._check)
+        self.last = self.last_event = self.loop.time()
+        self.expired = ""  # "idle" or "progress" once the timer has cancelled the task
+        self._handle = self.loop.call_at(self.last + min(self.seconds, self.progress), self._check)
 
     def touch(self) -> None:
         self.last = self.loop.time()
 
+    def progressed(self) -> None:
+        self.last_event = self.loop.time()
+
     def _check(self) -> None:
-        due = self.last + self.seconds
-        if self.loop.time() < due:
-            self._handle = self.loop.call_at(due, self._check)
+        now = self.loop.time()
+        idle_due, progress_due = self.last + self.seconds, self.last_event + self.progress
+        if now < idle_due and now < progress_due:
+            self._handle = self.loop.call_at(min(idle_due, progress_due), self._check)
         elif self.task is not None:
-            self.expired = True
+            self.expired = "idle" if now >= idle_due else "progress"
             self.task.cancel()
 
     def close(self) -> None:
@@ -141,10 +160,22 @@ CONNECT_FAILED = "Could not connect to the model provider."
 LOST = "The connection to the model was lost before the reply was complete."
 
 
+ERROR_BODY_LIMIT = 4000  # bytes of an error body read: a message's worth, and an HTML page's <title>
+_TITLE = re.compile(rb"<title\b[^>]{0,200}>(.{0,1000}?)</title", re.IGNORECASE | re.DOTALL)
+_TAG = re.compile(r"<[^<>]{0,500}>")
+
+
 async def _status_error(response: httpx.Response) -> ProviderError:
-    body = (await response.aread())[:4000]
+    # Read only the start: an error body is for a message, and a proxy's page can be of any size.
+    body = b""
+    async for piece in response.aiter_bytes():
+        body += piece
+        if len(body) >= ERROR_BODY_LIMIT:
+            break
+    body = body[:ERROR_BODY_LIMIT]
     status = response.status_code
-    detail = _error_detail(body) or response.reason_phrase or "no details"
+    detail = _error_detail(body, content_type=response.headers.get("content-type", ""))
+    detail = detail or response.reason_phrase or "no details"
     prefix = {
         401: "The API key was rejected",
         403: "Access to this model was refused",
@@ -153,6 +184,8 @@ async def _status_error(response: httpx.Response) -> ProviderError:
         429: "The provider is rate-limiting requests",
         529: "The provider is overloaded",
     }.get(status, "The model provider returned an error" if status < 500 else "The model provider had a server error")
+    if status < 400:  # a 200 whose body is an error object or a page, where the stream should be
+        prefix = "The model provider answered with an error instead of a stream"
     return ProviderError(
         redact(f"{prefix} (HTTP {status}): {detail}"),
         retryable=status in RETRYABLE_STATUSES,
@@ -161,17 +194,30 @@ async def _status_error(response: httpx.Response) -> ProviderError:
     )
 
 
-def _error_detail(body: bytes) -> str:
+def _error_detail(body: bytes, *, content_type: str = "") -> str:
+    if "html" in content_type.lower() or body.lstrip()[:1] == b"<":
+        return _html_title(body)
     try:
         data = json.loads(body)
     except ValueError:
-        return body.decode("utf-8", "replace").strip()[:300]
+        return " ".join(body.decode("utf-8", "replace").split())[:300]
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
         return str(error.get("message") or error.get("type") or "")
     if isinstance(error, str):
         return error
     return str(data.get("message", "")) if isinstance(data, dict) else ""
+
+
+def _html_title(body: bytes) -> str:
+    """An error page from a proxy in front of the model: its title as plain text, never its markup ("" if none)."""
+    from html import unescape
+
+    match = _TITLE.search(body)
+    if match is None:
+        return ""
+    text = unescape(_TAG.sub("", match.group(1).decode("utf-8", "replace")))
+    return " ".join(text.split())[:200]
 
 
 def retry_after_seconds(headers: httpx.Headers) -> float | None:
@@ -214,4 +260,6 @@ def decode(data: str) -> Any:
 
 
 def reported_error(error: dict[str, Any]) -> str:
-    return redact(f"The model reported an error: {error.get('message') or error.get('type') or 'unknown'}")
+    # The message is the server's, stored and shown: one line of bounded length, whatever was sent.
+    detail = " ".join(str(error.get("message") or error.get("type") or "unknown").split())[:500]
+    return redact(f"The model reported an error: {detail}")

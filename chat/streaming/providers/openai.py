@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -18,11 +19,14 @@ from . import (
     Usage,
     UsageUpdate,
 )
-from .http import LOST, decode, open_sse, reported_error, request_body
+from .http import LOST, RETRYABLE_STATUSES, decode, open_sse, reported_error, request_body
 
 OFFICIAL_BASE_URL = "https://api.openai.com/v1"
 # In-band error types that say "try again" rather than "this request is wrong".
-NON_RETRYABLE_ERROR_TYPES = frozenset({"invalid_request_error", "authentication_error", "permission_error"})
+NON_RETRYABLE_ERROR_TYPES = frozenset(
+    {"invalid_request_error", "authentication_error", "permission_error", "BadRequestError", "NotFoundError"}
+)
+UNFINISHED = "The model ended the stream before the reply was finished (it sent no finish reason)."
 
 
 class OpenAIProvider(Provider):
@@ -55,50 +59,88 @@ class OpenAIProvider(Provider):
 
     async def _events(self, body: bytes) -> AsyncIterator[Event]:
         headers = {"authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        parser = ChunkParser()
         async with open_sse(
             url=f"{self.base_url}/chat/completions", body=body, headers=headers, timeouts=self.timeouts
         ) as events:
             async for sse in events:
-                if sse.data == "[DONE]":
+                if sse.event == "error":
+                    # `event: error`, or an `error:` field line (older llama.cpp server) as the framer hands it over.
+                    yield stream_error(error_object(sse.data))
                     return
+                if sse.data == "[DONE]":
+                    if parser.finished:
+                        return
+                    # [DONE] only says the body ends: a reply no chunk ever finished was cut short somewhere.
+                    raise ProviderError(UNFINISHED, retryable=True)
                 if not sse.data:
                     continue
-                chunk = decode(sse.data)
-                for event in parse_chunk(chunk):
+                for event in parser.feed(decode(sse.data)):
                     yield event
                     if type(event) is StreamError:
                         return  # an error is the stream's last word, whether or not [DONE] follows
         raise ProviderError(LOST, retryable=True)
 
 
-def parse_chunk(chunk: Any) -> list[Event]:
-    if not isinstance(chunk, dict):
-        return []
-    if chunk.get("error"):
-        error = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-        return [
-            StreamError(
-                message=reported_error(error),
-                retryable=error.get("type") not in NON_RETRYABLE_ERROR_TYPES,
-            )
-        ]
-    events: list[Event] = []
-    for choice in chunk.get("choices") or []:
-        if choice.get("index", 0) != 0:
-            continue  # we ask for one choice; ignore others rather than interleave them
-        delta = choice.get("delta") or {}
-        # DeepSeek and vLLM send `reasoning_content`, OpenRouter and Ollama `reasoning`.
-        reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-        if isinstance(reasoning, str) and reasoning:
-            events.append(ThinkingDelta(reasoning))
-        if isinstance(delta.get("content"), str) and delta["content"]:
-            events.append(TextDelta(delta["content"]))
-        # Tool-call deltas (`delta.tool_calls`) are not shown; we never offer tools, so they are ignored.
-        if choice.get("finish_reason"):
-            events.append(Stop(str(choice["finish_reason"])))
-    if isinstance(chunk.get("usage"), dict):
-        events.append(UsageUpdate(usage_from(chunk["usage"])))
-    return events
+class ChunkParser:
+    """Turns chunks into events; remembers whether a finish_reason came and whether the text was a refusal."""
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.refused = False
+
+    def feed(self, chunk: Any) -> list[Event]:
+        if not isinstance(chunk, dict):
+            return []
+        # {"error": ...} from OpenAI and most servers; a flat {"object": "error", "message": ...} from vLLM.
+        if chunk.get("error") or chunk.get("object") == "error":
+            return [stream_error(chunk["error"] if chunk.get("error") else chunk)]
+        events: list[Event] = []
+        for choice in chunk.get("choices") or []:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue  # we ask for one choice; ignore others rather than interleave them
+            delta = choice.get("delta") or {}
+            # DeepSeek and vLLM send `reasoning_content`, OpenRouter and Ollama `reasoning`.
+            reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+            if isinstance(reasoning, str) and reasoning:
+                events.append(ThinkingDelta(reasoning))
+            if isinstance(delta.get("content"), str) and delta["content"]:
+                events.append(TextDelta(delta["content"]))
+            # A refusal is what the model said, in its own field: shown and stored as the reply's text.
+            if isinstance(delta.get("refusal"), str) and delta["refusal"]:
+                self.refused = True
+                events.append(TextDelta(delta["refusal"]))
+            # Tool-call deltas (`delta.tool_calls`) are not shown; we never offer tools, so they are ignored.
+            if reason := choice.get("finish_reason"):
+                if reason == "error":  # OpenRouter's mid-stream error without an error object
+                    return [*events, stream_error({"message": "the provider ended the reply with an error"})]
+                self.finished = True
+                # The API finishes a refusal with "stop"; recorded as "refusal", as Anthropic reports one.
+                events.append(Stop("refusal" if self.refused and reason == "stop" else str(reason)))
+        if isinstance(chunk.get("usage"), dict):
+            events.append(UsageUpdate(usage_from(chunk["usage"])))
+        return events
+
+
+def error_object(data: str) -> Any:
+    """The error an `error` event carries: JSON, nested (`{"error": ...}`) or flat, or else its text."""
+    try:
+        error = json.loads(data)
+    except ValueError:
+        return data
+    return (error.get("error") or error) if isinstance(error, dict) else error
+
+
+def stream_error(error: Any) -> StreamError:
+    if not isinstance(error, dict):
+        error = {"message": str(error)}  # TGI's {"error": "text"}, or an event's bare text
+    code = error.get("code")
+    # A numeric code is an HTTP status (vLLM, llama.cpp, OpenRouter); OpenAI's codes are names, its type says.
+    if isinstance(code, int):
+        retryable = code in RETRYABLE_STATUSES
+    else:
+        retryable = error.get("type") not in NON_RETRYABLE_ERROR_TYPES
+    return StreamError(message=reported_error(error), retryable=retryable)
 
 
 def usage_from(raw: dict[str, Any]) -> Usage:
