@@ -289,9 +289,13 @@ _CHECKPOINT_SQL = (
 )
 
 
+# Why a reply ends `interrupted`, whether its worker died (the sweep) or shut down (the drain).
+INTERRUPTED = "The server stopped while this reply was being written; it shows what was saved."
+
+
 def interrupted_values() -> dict[str, object]:
     return {
         "status": Status.INTERRUPTED,
-        "error": "The server stopped while this reply was being written; it shows what was saved.",
+        "error": INTERRUPTED,
         "finished_at": timezone.now(),
     }

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from chat.costs import pricing
 from chat.models import Message, Prompt, Status, UsageSource
-from chat.models.message import interrupted_values
+from chat.models.message import INTERRUPTED
 from chat.streaming import catalog, fanout, live
 from chat.streaming.checkpoints import checkpointer, forget_connection
 from chat.streaming.live import TEXT, THINKING, LiveReply, Shutdown
@@ -154,7 +154,7 @@ class Generation(LiveReply):
             status = Status.INTERRUPTED if self.stop_reason_requested == SHUTTING_DOWN else Status.CANCELLED
             if status == Status.INTERRUPTED:
                 # The sweep's words for a worker that died: the reader sees why the reply ends there either way.
-                error = str(interrupted_values()["error"])
+                error = INTERRUPTED
         except Exception:
             logger.exception("reply %s failed unexpectedly", self.reply.pk)
             status, error = Status.FAILED, "Something went wrong on our side while writing this reply."

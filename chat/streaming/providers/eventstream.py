@@ -189,14 +189,15 @@ async def server_sent_events(
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> AsyncIterator[ServerSentEvent]:
     """The events of a body; `on_chunk` is told of every chunk, events or not (an idle timer's touch),
-    `on_event` of every event (a progress timer's)."""
+    `on_event` of every chunk that completed an event (a progress timer's)."""
     decoder = EventStreamDecoder(max_event_bytes)
     async for chunk in chunks:
         if on_chunk is not None:
             on_chunk()
-        for event in decoder.feed(chunk):
-            if on_event is not None:
-                on_event()
+        events = decoder.feed(chunk)
+        if events and on_event is not None:
+            on_event()  # once a chunk: the time is the same for every event it completed
+        for event in events:
             yield event
     for event in decoder.close():
         yield event

@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from html import unescape
 from typing import Any
 
 import httpx
@@ -128,9 +129,8 @@ class IdleTimer:
     otherwise hold the reply open (and its buffer up to CHAT_MAX_EVENT_BYTES) for as long as it trickles.
     """
 
-    def __init__(self, seconds: float, *, progress: float | None = None) -> None:
-        self.seconds = seconds
-        self.progress = seconds if progress is None else progress
+    def __init__(self, seconds: float, *, progress: float) -> None:
+        self.seconds, self.progress = seconds, progress
         self.loop = asyncio.get_running_loop()
         self.task = asyncio.current_task()
         self.last = self.last_event = self.loop.time()
@@ -200,7 +200,7 @@ def _error_detail(body: bytes, *, content_type: str = "") -> str:
     try:
         data = json.loads(body)
     except ValueError:
-        return " ".join(body.decode("utf-8", "replace").split())[:300]
+        return one_line(body.decode("utf-8", "replace"), 300)
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict):
         return str(error.get("message") or error.get("type") or "")
@@ -211,13 +211,11 @@ def _error_detail(body: bytes, *, content_type: str = "") -> str:
 
 def _html_title(body: bytes) -> str:
     """An error page from a proxy in front of the model: its title as plain text, never its markup ("" if none)."""
-    from html import unescape
-
     match = _TITLE.search(body)
     if match is None:
         return ""
     text = unescape(_TAG.sub("", match.group(1).decode("utf-8", "replace")))
-    return " ".join(text.split())[:200]
+    return one_line(text, 200)
 
 
 def retry_after_seconds(headers: httpx.Headers) -> float | None:
@@ -261,5 +259,11 @@ def decode(data: str) -> Any:
 
 def reported_error(error: dict[str, Any]) -> str:
     # The message is the server's, stored and shown: one line of bounded length, whatever was sent.
-    detail = " ".join(str(error.get("message") or error.get("type") or "unknown").split())[:500]
-    return redact(f"The model reported an error: {detail}")
+    return redact(
+        f"The model reported an error: {one_line(str(error.get('message') or error.get('type') or 'unknown'), 500)}"
+    )
+
+
+def one_line(text: str, limit: int) -> str:
+    """A server's text as one line of at most `limit` characters, for a message stored and shown."""
+    return " ".join(text.split())[:limit]
