@@ -190,9 +190,20 @@ class BrowserStream:
     def text(self) -> str:
         """The visible text the browser was sent live (HTML-unescaped), as a user saw it grow.
 
-        Each `text` and `thinking` event starts with its raw delta, escaped, so it holds no `<`; the
-        rendered markdown follows it as out-of-band swaps (see relay.LiveView)."""
-        return "".join(raw_delta(e.data) for e in self.events if e.event == "text")
+        A text event (type `message`) carries the raw delta; the rendered markdown comes in `render`
+        events (see relay.LiveView)."""
+        return "".join(e.data for e in self.events if e.event == "message")
+
+    def rendered(self) -> str:
+        """The reply's body as the page builds it from the `render` events: finished blocks, then the tail."""
+        blocks, tail = "", ""
+        for e in self.events:
+            if e.event == "render":
+                head, _, rest = e.data.partition(">")  # <div data-blocks="append|replace">
+                cut = rest.rfind("</div><div data-tail")
+                blocks = rest[:cut] if "replace" in head else blocks + rest[:cut]
+                tail = rest[rest.index(">", cut + 6) + 1 : -len("</div>")]
+        return blocks + tail
 
     def thinking(self) -> str:
         return "".join(raw_delta(e.data) for e in self.events if e.event == "thinking")
@@ -214,12 +225,14 @@ def parse_stream(raw: str, times: list[tuple[int, float]] | None = None) -> list
     for block in raw.replace("\r\n", "\n").split("\n\n")[:-1]:
         name, data, event_id = "message", [], ""
         for line in block.split("\n"):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: ") or line == "data:":
-                data.append(line[6:])
-            elif line.startswith("id: "):
-                event_id = line[4:]
+            field, _, value = line.partition(":")
+            value = value[1:] if value[:1] == " " else value  # the spec drops one space after the colon
+            if field == "event":
+                name = value
+            elif field == "data":
+                data.append(value)
+            elif field == "id":
+                event_id = value
         if data:
             events.append(StreamEvent(event=name, data="\n".join(data), id=event_id, at=0.0))
     return events

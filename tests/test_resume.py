@@ -50,7 +50,7 @@ def test_a_reconnect_with_last_event_id_to_the_other_worker_loses_and_repeats_no
     sim.enqueue(LONG)
     reply = a.ask(a.conversation())
     first = a.stream(reply, stop_after=lambda s: len(s.text()) > 40)  # the connection drops here
-    last_id = [e for e in first.events if e.event == "text"][-1].id
+    last_id = [e for e in first.events if e.event == "message"][-1].id
     resumed = b.stream(reply, last_event_id=last_id)
     reply.refresh_from_db()
     assert reply.status == Status.COMPLETED
@@ -129,7 +129,7 @@ def test_sigterm_drains_then_interrupts_and_the_browser_resumes_on_the_other_wor
         reply, stop_after=lambda s: len(s.text()) > 30 and (a_server.process.send_signal(signal.SIGTERM) or True)
     )
     terminated = time.monotonic()
-    last_id = [e for e in seen.events if e.event == "text"][-1].id
+    last_id = [e for e in seen.events if e.event == "message"][-1].id
     resumed = b.stream(reply, last_event_id=last_id)
     assert a_server.process.wait(timeout=10) is not None
     assert time.monotonic() - terminated < 10
@@ -211,7 +211,7 @@ def test_a_reply_interrupted_by_a_shutdown_says_why_as_the_sweep_does(server_fac
         reply, stop_after=lambda s: len(s.text()) > 30 and (a_server.process.send_signal(signal.SIGTERM) or True)
     )
     # The browser comes back to the other worker and follows the draining one until it gives up.
-    resumed = b.stream(reply, last_event_id=[e for e in seen.events if e.event == "text"][-1].id)
+    resumed = b.stream(reply, last_event_id=[e for e in seen.events if e.event == "message"][-1].id)
     assert a_server.process.wait(timeout=10) is not None
     reply.refresh_from_db()
     why = interrupted_values()["error"]  # the sweep's words, for a worker that died

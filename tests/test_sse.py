@@ -10,7 +10,8 @@ from chat.streaming import sse
 
 
 def test_an_event_has_id_name_and_one_data_line_per_line() -> None:
-    assert sse.event("text", "a\nb\r\nc", id=7) == "id: 7\nevent: text\ndata: a\ndata: b\ndata: c\n\n"
+    assert sse.event("text", "a\nb\r\nc", id=7) == "id:7\nevent:text\ndata:a\ndata:b\ndata:c\n\n"
+    assert sse.event("message", " a\n b", id=None) == "data:  a\ndata:  b\n\n"  # one space is dropped
 
 
 def test_a_comment_is_ignored_by_eventsource_but_is_a_body_byte() -> None:

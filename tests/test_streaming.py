@@ -16,6 +16,7 @@ from chat.models import Message, Status
 from chat.streaming.generation import Generation
 from chat.streaming.live import TEXT
 from chat.streaming.providers import Turn
+from chat.streaming.rendering import render_markdown
 from tests.conftest import ChatClient, wait_for_status
 from tests.fake_upstream import Scenario
 
@@ -27,6 +28,8 @@ LONG = Scenario(tokens=400, interval=0.01)
 def assert_seen_equals_stored(stream, reply: Message) -> None:
     assert stream.text() == reply.content
     assert stream.names()[-1] == "done"
+    if "render" in stream.names():  # streamed live, not replayed: the page built the stored render
+        assert stream.rendered() == render_markdown(reply.content)
 
 
 def test_it_streams_an_openai_reply_and_stores_usage_and_cost(chat: ChatClient, sim) -> None:
@@ -43,9 +46,9 @@ def test_it_streams_an_openai_reply_and_stores_usage_and_cost(chat: ChatClient, 
     assert stream.headers["x-accel-buffering"] == "no"
     assert "content-encoding" not in stream.headers
     assert stream.raw.startswith(": ")  # the comment goes out before the upstream call
-    ids = [int(e.id) for e in stream.events]
+    ids = [int(e.id) for e in stream.events if e.id]  # a render moves no part: it has none
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    assert len(stream.names()) > 3 and set(stream.names()) == {"text", "done"}
+    assert len(stream.names()) > 3 and set(stream.names()) == {"message", "render", "done"}
 
     assert reply.status == Status.COMPLETED
     assert reply.content == sim.expected_text()
@@ -296,7 +299,12 @@ def test_a_finished_reply_is_replayed_without_calling_the_provider_again(chat: C
     again = chat.stream(reply)
     assert len(sim.log) == 1
     assert again.names() == ["done"]
-    assert again.events[0].data == first.events[-1].data
+    # Live, the page has the body already (data-live); a replay brings it, as a page load renders it.
+    assert 'data-live></div>' in first.events[-1].data
+    reply.refresh_from_db()
+    assert again.events[0].data == first.events[-1].data.replace(
+        " data-live></div>", f">{render_markdown(reply.content)}</div>"
+    )
 
 
 def test_two_concurrent_streams_of_one_queued_reply_start_one_upstream_call(chat: ChatClient, sim) -> None:
@@ -326,7 +334,7 @@ def test_a_reconnect_with_last_event_id_continues_without_loss_or_duplication(ch
     watcher = threading.Thread(target=lambda: keep_open(reply))
     watcher.start()
     first = chat.stream(reply, stop_after=lambda s: len(s.text()) > 50)
-    resumed = chat.stream(reply, last_event_id=[e for e in first.events if e.event == "text"][-1].id)
+    resumed = chat.stream(reply, last_event_id=[e for e in first.events if e.event == "message"][-1].id)
     watcher.join()
     reply.refresh_from_db()
     assert reply.status == Status.COMPLETED
@@ -351,7 +359,7 @@ def test_the_demo_model_streams_markdown_offline(chat: ChatClient, sim) -> None:
     assert reply.status == Status.COMPLETED and "## Hello from the demo model" in reply.content
     assert "What is this?" in reply.content
     assert reply.cost == 0 and reply.usage_source == "provider"
-    assert "<h2>Hello from the demo model</h2>" in stream.events[-1].data
+    assert "<h2>Hello from the demo model</h2>" in stream.rendered()
     assert_seen_equals_stored(stream, reply)
 
 
@@ -414,7 +422,7 @@ def test_a_refusal_is_shown_and_stored_as_one(chat: ChatClient, sim, model: str,
     assert_seen_equals_stored(stream, reply)
     final = stream.events[-1].data
     assert "The model declined to answer." in final
-    assert text in final and "stop: refusal" not in final
+    assert text in stream.rendered() and "stop: refusal" not in final
 
 
 def test_event_ids_grow_with_every_event_and_a_reconnect_at_any_of_them_is_exact(chat: ChatClient, sim) -> None:
@@ -442,8 +450,8 @@ def test_event_ids_grow_with_every_event_and_a_reconnect_at_any_of_them_is_exact
         ids = [int(e.id) for e in stream.events if e.id]
         assert all(a < b for a, b in itertools.pairwise(ids)), f"event ids that do not grow: {ids}"
     kinds = {e.event for e in whole[0].events}
-    assert {"text", "thinking"} <= kinds
-    text = "".join(raw_delta(e.data) for e in seen if e.event == "text") + resumed.text()
+    assert {"message", "thinking"} <= kinds
+    text = "".join(e.data for e in seen if e.event == "message") + resumed.text()
     thought = "".join(raw_delta(e.data) for e in seen if e.event == "thinking") + resumed.thinking()
     assert (text, thought) == (reply.content, reply.thinking)  # nothing lost, nothing repeated
     assert (whole[0].text(), whole[0].thinking()) == (reply.content, reply.thinking)

@@ -41,12 +41,14 @@ async def reply_events(opened: control.Opened, *, last_event_id: str | None) -> 
             # This worker is shutting down and claims nothing new: reconnect, to another worker.
             yield sse.retry(1000)
             return
-    for chunk in final_events(reply, next_id=1):
+    for chunk in await final_events_async(reply, next_id=1):
         yield chunk
 
 
-# At most this many text updates a second per connection: a burst of tokens is one render and one write.
+# At most this many writes a second per connection: a burst of tokens is one event and one write.
 FRAME_SECONDS = 1 / 30
+# A render of more source than this (a few milliseconds of work) runs on a thread, not on the event loop.
+OFF_LOOP_CHARS = 4096
 
 
 async def watch(generation: LiveReply, *, resume_from: int) -> AsyncIterator[str]:
@@ -64,38 +66,40 @@ async def watch(generation: LiveReply, *, resume_from: int) -> AsyncIterator[str
         # Those ids are not this reply's (a worker restarted): the browser must start the bubble over.
         yield sse.event("reset", "", id=0)
     view = LiveView(generation, resume_from=position)
-    looked = position  # parts this connection has considered, whether or not they have gone out yet
     notice = ""
     heartbeat = settings.CHAT_HEARTBEAT_SECONDS
+    loop = asyncio.get_running_loop()
     try:
         while True:
             waker.clear()  # before reading, so a delta that lands while we send is not missed
             finished = generation.finished  # read before the parts: once it is set no part follows
-            end = generation.version
-            fresh = end > looked or (finished and view.rendering_pending)
-            if fresh:
-                looked = end
-                if chunk := view.delta_events(start=position, end=end, final=finished):
+            end, now = generation.version, loop.time()
+            chunk = ""
+            if end > position or finished or view.markdown.due(now):
+                chunk = await view.events(start=position, end=end, final=finished, now=now)
+                position = end
+                if chunk:
                     yield chunk
-                    position = end
             if generation.notice != notice:
                 notice = generation.notice
                 # No id: a notice moves no part, and the browser's Last-Event-ID must stay a part count.
                 yield sse.event("notice", escape(notice), id=None)
             if finished:
-                for chunk in final_events(generation.reply, next_id=view.last_id + 1):
+                for chunk in await final_events_async(generation.reply, next_id=view.last_id + 1, body_shown=True):
                     yield chunk
                 return
-            if fresh:
-                # At most one look a frame: the tokens that land meanwhile wake nobody here and go out
-                # together in the next write (or wait for a render that is due, see LiveView).
+            if chunk:
+                # At most one write a frame: the tokens that land meanwhile wake nobody here and go out
+                # together in the next one.
                 await asyncio.sleep(FRAME_SECONDS)
             elif not waker.is_set():
+                render_in = view.markdown.render_in(now)  # a render that waits for its cadence, not for text
                 try:
-                    async with asyncio.timeout(heartbeat):
+                    async with asyncio.timeout(heartbeat if render_in is None else render_in):
                         await waker.wait()
                 except TimeoutError:
-                    yield sse.comment("keepalive")
+                    if render_in is None:
+                        yield sse.comment("keepalive")
     finally:
         # The reply decides what a departure means (see Generation.watchers_changed).
         generation.detach(waker)
@@ -104,10 +108,10 @@ async def watch(generation: LiveReply, *, resume_from: int) -> AsyncIterator[str
 class LiveView:
     """What one connection has shown of a live reply, and the events that bring its page up to date.
 
-    `text` and `thinking` events start with the new raw text, escaped (the page discards it for
-    `text`; it is what the reply stores, so the stream can be checked against the row). A `text`
-    event then carries out-of-band swaps: markdown blocks that are finished, appended once, and
-    the open tail block, replaced; see rendering.LiveMarkdown for when each is rendered.
+    A text event (type `message`, the one that needs no name) carries the reply's new raw text, which the
+    page appends, as text, to the open block; a `thinking` event the new reasoning text, escaped. A `render`
+    event catches the page up with the markdown: the blocks finished since the last one, appended once, and
+    the open tail, replaced; see rendering.LiveMarkdown for when each is rendered.
     """
 
     def __init__(self, generation: LiveReply, *, resume_from: int) -> None:
@@ -122,44 +126,45 @@ class LiveView:
         self.replace_blocks = True
         self.replace_thinking = resume_from == 0  # a fresh connection may find stale text on the page
 
-    @property
-    def rendering_pending(self) -> bool:
-        return bool(self.markdown.tail) or self.markdown.fresh > 0
+    async def events(self, *, start: int, end: int, final: bool, now: float) -> str:
+        """delta_events, on a thread when its render is long enough to hold up every other stream."""
+        self._feed(end)
+        markdown = self.markdown
+        if len(markdown.tail) > OFF_LOOP_CHARS and (final or markdown.due(now)):
+            return await asyncio.to_thread(self.delta_events, start=start, end=end, final=final, now=now)
+        return self.delta_events(start=start, end=end, final=final, now=now)
 
-    def delta_events(self, *, start: int, end: int, final: bool) -> str:
-        """Events for the parts in [start, end), or "" to wait for more before a worthwhile render."""
+    def delta_events(self, *, start: int, end: int, final: bool, now: float = 0.0) -> str:
+        """Events for the parts in [start, end), and a render when one is due (or `final`)."""
         generation = self.generation
-        self.markdown.feed(generation.text(TEXT, start=self.fed, end=end))
-        self.fed = end
-        render = final or self.markdown.due()
-        runs = kind_runs(generation.kinds, start=start, end=end)
-        if not render and all(kind == TEXT for kind, _, _ in runs):
-            return ""  # the page shows the swaps, not the raw text: text alone waits for a render
-        last_text = max((i for i, (kind, _, _) in enumerate(runs) if kind == TEXT), default=-1)
+        self._feed(end)
         chunk = ""
-        for i, (kind, run_start, run_end) in enumerate(runs):
+        for kind, run_start, run_end in kind_runs(generation.kinds, start=start, end=end):
             # One event per run of one kind of part, its id the count of parts up to the run's end: the ids
             # grow with every event, and a reconnect from any of them resumes at exactly that part.
             data = generation.text(kind, start=run_start, end=run_end)
             if kind == THINKING:
                 chunk += sse.event("thinking", self._thinking(data), id=run_end)
             else:
-                swaps = self._render(final=final) if render and i == last_text else ""
-                chunk += sse.event("text", escape(data) + swaps, id=run_end)
-        if runs:
-            self.last_id = end
-        if render and last_text < 0:
-            # Swaps for text sent before: they move no part, so mid-reply they carry no id (the browser's
-            # Last-Event-ID stays a part count); the final render goes past the last part, and only error
-            # and done follow it.
+                chunk += sse.event("message", data, id=run_end)  # the text, in the type that needs no name
+            self.last_id = run_end
+        if final or self.markdown.due(now):
+            # A render moves no part: mid-reply it carries no id (the browser's Last-Event-ID stays a part
+            # count); the final one goes past the last part, and only error and done follow it.
             if final:
                 self.last_id += 1
-            chunk += sse.event("text", self._render(final=final), id=self.last_id if final else None)
+            chunk += sse.event("render", self._render(final=final, now=now), id=self.last_id if final else None)
         return chunk
 
-    # The swaps are built from literals, the reply's integer pk and nh3's sanitized markdown HTML; the raw
-    # text is escaped with the standard library's escape, which gives Django's output without its lazy-string
-    # checks (format_html and Django's escape were 2.7 % of the relay's CPU at C=100, docs/decisions/0024).
+    def _feed(self, end: int) -> None:
+        if end > self.fed:
+            self.markdown.feed(self.generation.text(TEXT, start=self.fed, end=end))
+            self.fed = end
+
+    # The events are built from literals, the reply's integer pk, nh3's sanitised markdown HTML and text the
+    # page inserts as text; the thinking text is escaped with the standard library's escape, which gives
+    # Django's output without its lazy-string checks (format_html and Django's escape were 2.7 % of the
+    # relay's CPU at C=100, docs/decisions/0024).
 
     def _thinking(self, thinking: str) -> str:
         data = escape(thinking)
@@ -168,14 +173,12 @@ class LiveView:
             data += f'<div hx-swap-oob="innerHTML:#thinking-{self.pk:d}"></div>'
         return data
 
-    def _render(self, *, final: bool) -> str:
-        frozen, tail = self.markdown.flush(final=final)  # sanitized HTML (rendering.LiveMarkdown)
-        swaps = ""
-        if frozen or self.replace_blocks:
-            how = "innerHTML" if self.replace_blocks else "beforeend"
-            swaps += f'<div hx-swap-oob="{how}:#blocks-{self.pk:d}">{frozen}</div>'
-            self.replace_blocks = False
-        return swaps + f'<div hx-swap-oob="innerHTML:#tail-{self.pk:d}">{tail}</div>'
+    def _render(self, *, final: bool, now: float) -> str:
+        render = self.markdown.flush(final=final, now=now)  # sanitised HTML (rendering.LiveMarkdown)
+        how = "replace" if self.replace_blocks else "append"
+        self.replace_blocks = False
+        rest = f' data-rest="{render.rest}"' if render.rest else ""  # whitespace only
+        return f'<div data-blocks="{how}">{render.frozen}</div><div data-tail{rest}>{render.tail}</div>'
 
 
 def kind_runs(kinds: bytearray, *, start: int, end: int) -> list[tuple[int, int, int]]:
@@ -190,14 +193,23 @@ def kind_runs(kinds: bytearray, *, start: int, end: int) -> list[tuple[int, int,
     return runs
 
 
-def final_events(reply: Message, *, next_id: int) -> list[str]:
+def final_events(reply: Message, *, next_id: int, body_shown: bool = False) -> list[str]:
+    """The error, if any, and the finished message; without its body when the page has it from the stream."""
     events = []
     # An interrupted reply says why too (a shutdown or a dead worker), as a failed one does.
     if reply.status == Status.FAILED or (reply.status == Status.INTERRUPTED and reply.error):
         events.append(sse.event("error", escape(reply.error), id=next_id))
         next_id += 1
-    events.append(sse.event("done", render_to_string("chat/conversation.html#message", {"message": reply}), id=next_id))
+    message = render_to_string("chat/conversation.html#message", {"message": reply, "body_shown": body_shown})
+    events.append(sse.event("done", message, id=next_id))
     return events
+
+
+async def final_events_async(reply: Message, *, next_id: int, body_shown: bool = False) -> list[str]:
+    """final_events; a whole reply's markdown is rendered on a thread, away from the other streams."""
+    if body_shown and len(reply.thinking) <= OFF_LOOP_CHARS:
+        return final_events(reply, next_id=next_id, body_shown=body_shown)
+    return await asyncio.to_thread(final_events, reply, next_id=next_id, body_shown=body_shown)
 
 
 def parse_event_id(value: str | None) -> int:

@@ -4,6 +4,7 @@ nh3 sanitises. Model text is untrusted."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from typing import Any
 
@@ -54,7 +55,8 @@ def _code_block(self: Any, tokens: list[Token], idx: int, options: Any, env: Any
     token = tokens[idx]
     info = token.info.strip().split(maxsplit=1)
     language = info[0] if info and _LANGUAGE.fullmatch(info[0]) else ""
-    lexer = _lexer(language.lower()) if language else None
+    # An open fence is shown as plain text while it grows: highlighted once, when it closes.
+    lexer = _lexer(language.lower()) if language and env.get("plain") != idx else None
     code = mark_safe(highlight(token.content, lexer, _FORMATTER)) if lexer else token.content  # noqa: S308
     return format_html(
         '<div class="code-block"><div class="code-head"><span class="code-lang">{}</span>'
@@ -108,56 +110,172 @@ def sanitize(html: str) -> str:
     return _CLEANER.clean(html)
 
 
-def _render(tokens: list[Token]) -> str:
+def _render(tokens: list[Token], *, open_fence: bool = False) -> str:
+    """Sanitised HTML of `tokens`; with `open_fence`, their last fence is still being written: plain text."""
+    if not tokens:
+        return ""
     md = _markdown()
-    return sanitize(md.renderer.render(tokens, md.options, {})) if tokens else ""
+    env = {}
+    if open_fence:
+        env["plain"] = max((i for i, token in enumerate(tokens) if token.type == "fence"), default=-1)
+    return sanitize(md.renderer.render(tokens, md.options, env))
 
 
 def render_markdown(text: str) -> SafeString:
     return mark_safe(_render(_markdown().parse(text)))  # noqa: S308 - nh3 output is sanitised HTML
 
 
-class LiveMarkdown:
-    """A reply's markdown as it grows: each finished block is rendered once, only the open tail again.
+# The open block is rendered again at most this often while markdown syntax arrives in it; between renders
+# the page shows the new text as it came (see LiveMarkdown).
+RENDER_SECONDS = 0.1
+# Renders of the open block may send at most this many characters of HTML beyond the reply's own length,
+# so however a block grows the work and the bytes stay linear in the reply.
+RENDER_SLACK = 4096
+# Characters that can make text render otherwise than as it reads; a line break can start any block.
+_SYNTAX = re.compile(r"[\n\r*_`\[\]<>&\\~|#!=]")
+_OPENING_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
 
-    A top-level block is final once a later block has started after a blank line and that block's
-    first line is complete (before then `2` may still become `2.`, continuing the list above). The
-    tail is re-rendered only when it has grown by 1/`budget` of its length since the last render, so
-    the total rendering work stays within `budget` times the reply's length however long a block is.
+
+@dataclass(frozen=True, slots=True)
+class Render:
+    """One catch-up of the page: blocks finished since the last one, and the open tail as it is now."""
+
+    frozen: str  # sanitised HTML of blocks no later text can change: appended once
+    tail: str  # sanitised HTML of the open blocks: replaces the tail's previous render and text
+    rest: str  # whitespace at the tail's end that its render drops; the page keeps it so words do not run together
+
+
+class LiveMarkdown:
+    """A reply's markdown as it grows: each finished block rendered once, the open block only when it must be.
+
+    Between renders the page appends new text as it arrives to the last block of the open tail (text, never
+    HTML), so every token shows at once. The tail is rendered again when that plain text would read
+    otherwise than its markdown: a block starts or a fence opens or closes (at once), or markdown syntax
+    arrived (at most every RENDER_SECONDS, within a budget of bytes linear in the reply). An open fenced
+    code block is never rendered again: its text is the code; it is highlighted once, when it closes.
+
+    A top-level block is final once a later block has started after a blank line and that block's first
+    line is complete (before then `2` may still become `2.`, continuing the list above), or once it is a
+    fence whose closing line is complete.
     """
 
-    def __init__(self, *, budget: int = 32) -> None:
-        self.budget = budget
+    def __init__(self) -> None:
         self.tail = ""  # source of the blocks not yet frozen
-        self.fresh = 0  # characters added since the tail was last rendered
-        self.work = 0  # characters parsed so far, for measuring
+        self.shown = 0  # characters of the tail that the page has as HTML; it has the rest as text
+        self.line_start = 0  # offset in the tail of the line not yet complete
+        self.after_blank = True  # the last complete line was blank (or there was none): a block may start
+        self.block_starts = True  # no text since then
+        self.fence: tuple[str, int] | None = None  # the open fence's character and length
+        self.urgent = False  # a block started or settled, or a fence opened or closed: render now
+        self.dirty = False  # syntax arrived that the page shows as text: render when the cadence allows
+        self.rendered_at = float("-inf")
+        self.fed = 0  # characters fed in all
+        self.spent = 0  # characters of tail HTML rendered in all (frozen blocks are rendered once anyway)
+        self.work = 0  # characters parsed in all, for measuring
 
     def feed(self, text: str) -> None:
+        if not text:
+            return
+        start = len(self.tail)
         self.tail += text
-        self.fresh += len(text)
+        self.fed += len(text)
+        if self.fence is None and ((self.block_starts and text.strip()) or _SYNTAX.search(text)):
+            self.dirty = True  # markdown syntax, or a new block's first text: its own kind of element
+            self.block_starts = False
+        if "\n" in text or "\r" in text:
+            self._lines(start)
 
-    def due(self) -> bool:
-        return self.fresh > 0 and len(self.tail) <= self.budget * self.fresh
+    def _lines(self, start: int) -> None:
+        """Look at each line completed since `start`: what it opens or closes decides when to render."""
+        tail = self.tail
+        for match in _LINE_BREAK.finditer(tail, self.line_start):
+            if (
+                match.group() == "\n"
+                and match.start() == self.line_start
+                and tail[match.start() - 1 : match.start()] == "\r"
+            ):
+                self.line_start = match.end()
+                continue  # the \n of a \r\n that came in two pieces: the \r ended that line already
+            line = tail[self.line_start : match.start()]
+            self.line_start = match.end()
+            self._line(line)
 
-    def flush(self, *, final: bool = False) -> tuple[str, str]:
-        """(HTML of the blocks finished since the last flush, HTML of the open tail); final freezes all."""
-        source, self.fresh = self.tail, 0
+    def _line(self, line: str) -> None:
+        blank = not line.strip(" \t")
+        if self.fence is not None:
+            char, size = self.fence
+            mark = line.strip(" \t")
+            if len(line) - len(line.lstrip(" ")) <= 3 and len(mark) >= size and mark == char * len(mark):
+                self.fence, self.urgent = None, True  # closed: highlight it once, now
+            return
+        if opening := _OPENING_FENCE.fullmatch(line):
+            marker, info = opening.groups()
+            if not (marker[0] == "`" and "`" in info):
+                self.fence, self.urgent = (marker[0], len(marker)), True  # the code block's frame, then its text
+        elif self.after_blank and not blank:
+            self.urgent = True  # a block's first line is complete: the blocks before it may be final
+        self.after_blank = blank
+        self.block_starts = blank
+
+    def due(self, now: float) -> bool:
+        if len(self.tail) == self.shown and not self.urgent:
+            return False
+        if self.urgent:
+            return True
+        if self.fence is not None or not self.dirty:
+            return False  # the page's text is what a render would show (code is highlighted when it closes)
+        return now - self.rendered_at >= RENDER_SECONDS and self.spent + len(self.tail) <= self.fed + RENDER_SLACK
+
+    def render_in(self, now: float) -> float | None:
+        """Seconds until a render that waits only for its cadence is due; None if none waits."""
+        if self.urgent or self.fence is not None or not self.dirty or len(self.tail) == self.shown:
+            return None
+        if self.spent + len(self.tail) > self.fed + RENDER_SLACK:
+            return None  # over budget: the next render waits for more text
+        return max(0.0, self.rendered_at + RENDER_SECONDS - now)
+
+    def flush(self, *, final: bool = False, now: float = 0.0) -> Render:
+        """Render what is due; `final` freezes everything."""
+        source = self.tail
         self.work += len(source)
         tokens = _markdown().parse(source)
         cut, offset = (len(tokens), len(source)) if final else _last_settled_block(source, tokens)
+        open_fence = not final and self.fence is not None
+        frozen, tail = _render(tokens[:cut]), _render(tokens[cut:], open_fence=open_fence)
         self.tail = source[offset:]
-        return _render(tokens[:cut]), _render(tokens[cut:])
+        self.line_start -= offset
+        self.shown = len(self.tail)
+        self.spent += len(tail)
+        self.urgent = self.dirty = False
+        self.rendered_at = now
+        rest = "" if open_fence or not tail else self.tail[len(self.tail.rstrip()) :]
+        return Render(frozen, tail, rest)
 
 
 def _last_settled_block(source: str, tokens: list[Token]) -> tuple[int, int]:
     """(token index, source offset) of the start of the last block that nothing later can merge with."""
     starts = [0, *(match.end() for match in _LINE_BREAK.finditer(source))]
-    for index in range(len(tokens) - 1, 0, -1):
+    for index in range(len(tokens) - 1, -1, -1):
         token = tokens[index]
         if token.level or token.nesting < 0 or not token.map:
             continue
-        line = token.map[0]
-        after_blank = line > 0 and not source[starts[line - 1] : starts[line]].strip(" \t\r\n")
-        if after_blank and line + 1 < len(starts):
-            return index, starts[line]
+        first, end = token.map
+        if token.type == "fence" and end < len(starts) and _closes(token, source[starts[end - 1] : starts[end]]):
+            return index + 1, starts[end]  # a closed fence: what follows is a new block, blank line or not
+        after_blank = first > 0 and not source[starts[first - 1] : starts[first]].strip(" \t\r\n")
+        if after_blank and first + 1 < len(starts):
+            return index, starts[first]
     return 0, 0
+
+
+def _closes(fence: Token, line: str) -> bool:
+    """Whether `line` (its line break included) is the closing line of `fence`, not a line of its code."""
+    mark = line.strip(" \t\r\n")
+    indent = len(line) - len(line.lstrip(" "))
+    return (
+        fence.map is not None
+        and fence.map[1] - fence.map[0] >= 2
+        and indent <= 3
+        and len(mark) >= len(fence.markup)
+        and mark == fence.markup[0] * len(mark)
+    )

@@ -14,13 +14,17 @@ HEADERS = {
 
 
 def event(name: str, data: str, *, id: int | str | None) -> str:
+    """One event, in as few bytes as the format allows: a reply's text goes out in many small ones."""
     # A data line cannot contain a newline: each line of the payload becomes its own `data:` line,
-    # and the browser joins them back with "\n".
+    # and the browser joins them back with "\n". It drops one space after the colon, so a line that
+    # starts with a space gets one more.
     lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-    body = "".join(f"data: {line}\n" for line in lines)
+    body = "".join(f"data: {line}\n" if line[:1] == " " else f"data:{line}\n" for line in lines)
     # None leaves the line out, and EventSource keeps the last id it had (an empty `id:` would clear it).
-    head = "" if id is None else f"id: {id}\n"
-    return f"{head}event: {name}\n{body}\n"
+    head = "" if id is None else f"id:{id}\n"
+    # "message" is the type of an event that names none: the most frequent event carries no name.
+    kind = "" if name == "message" else f"event:{name}\n"
+    return f"{head}{kind}{body}\n"
 
 
 def comment(text: str) -> str:

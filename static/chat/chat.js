@@ -156,11 +156,72 @@ document.addEventListener("htmx:sseError", async (event) => {
   }
 });
 
-// --- a stream that starts over (its worker restarted): empty the bubble; the next events refill it ---
+// --- the reply as it streams (chat/streaming/relay.py): a text event's new text (type "message") is appended, as text,
+// to the open block, so every token shows the moment it arrives; a `render` event puts the server's
+// sanitised markdown in place: finished blocks appended once, the open tail replaced. `done` brings the
+// finished message, whose body is the one already on the page when the stream rendered it. ---
+const BLOCK = new Set(["DIV", "PRE", "UL", "OL", "LI", "BLOCKQUOTE", "TABLE", "THEAD", "TBODY", "TR", "TD", "TH",
+  "P", "H1", "H2", "H3", "H4", "H5", "H6"]);
+function openBlock(tail) {
+  // The innermost block that ends the tail: new text continues it (a paragraph, a list item, a cell, code).
+  let at = tail;
+  for (;;) {
+    let node = at.lastChild;
+    while (node && node.nodeType === Node.TEXT_NODE && !node.data.trim()) node = node.previousSibling;
+    if (!(node instanceof Element)) return at;
+    if (node.tagName === "CODE" && at.tagName === "PRE") return node;
+    if (!BLOCK.has(node.tagName) || node.classList.contains("code-head")) return at;
+    at = node;
+  }
+}
+function fragment(html) {
+  const template = document.createElement("template");
+  template.innerHTML = html; // inert: nothing in it runs or loads
+  return template.content;
+}
+function streamed(live, type, data) {
+  const blocks = live.querySelector("[id^='blocks-']");
+  const tail = live.querySelector(".tail");
+  if (type === "message") {
+    openBlock(tail).append(data); // a string: a text node, never parsed as HTML
+    return;
+  }
+  const parts = fragment(data);
+  const frozen = parts.querySelector("[data-blocks]");
+  const open = parts.querySelector("[data-tail]");
+  if (frozen.dataset.blocks === "replace") blocks.replaceChildren(...frozen.childNodes);
+  else blocks.append(...frozen.childNodes);
+  tail.replaceChildren(...open.childNodes);
+  if (open.dataset.rest) openBlock(tail).append(open.dataset.rest); // the space before the next word
+}
+function finished(live, html) {
+  const article = live.closest("article.message");
+  const message = fragment(html).querySelector("article.message");
+  if (!article || !message) return;
+  const body = message.querySelector(".content[data-live]");
+  if (body) {
+    body.removeAttribute("data-live");
+    body.append(...live.querySelector("[id^='blocks-']").childNodes, ...live.querySelector(".tail").childNodes);
+  }
+  article.replaceWith(message);
+  htmx.process(message);
+  syncBusy();
+  follow();
+}
 document.addEventListener("htmx:sseBeforeMessage", (event) => {
-  if (event.detail.type !== "reset") return;
+  const type = event.detail.type;
   const live = event.target.closest(".live");
-  for (const part of live.querySelectorAll(".thinking-text, .content > div, .notice, .error")) part.replaceChildren();
+  if (!live) return;
+  if (type === "message" || type === "render") {
+    event.preventDefault(); // ours, not a swap
+    streamed(live, type, event.detail.data);
+  } else if (type === "done") {
+    event.preventDefault();
+    finished(live, event.detail.data);
+  } else if (type === "reset") {
+    // The stream starts over (its worker restarted): empty the bubble; the next events refill it.
+    for (const part of live.querySelectorAll(".thinking-text, .content > div, .notice, .error")) part.replaceChildren();
+  }
 });
 
 // --- the size of a message: a text over the limit is refused here, before it is sent; any refusal
