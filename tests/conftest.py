@@ -199,9 +199,11 @@ class BrowserStream:
         blocks, tail = "", ""
         for e in self.events:
             if e.event == "render":
-                head, _, rest = e.data.partition(">")  # <div data-blocks="append|replace">
+                head, _, rest = e.data.partition(">")  # <div data-blocks="append|replace" data-kept="N">
                 cut = rest.rfind("</div><div data-tail")
-                blocks = rest[:cut] if "replace" in head else blocks + rest[:cut]
+                kept = re.search(r'data-kept="(\d+)"', head)
+                moved = split_blocks(tail, int(kept[1])) if kept else 0
+                blocks = ("" if "replace" in head else blocks) + tail[:moved] + rest[:cut]
                 tail = rest[rest.index(">", cut + 6) + 1 : -len("</div>")]
         return blocks + tail
 
@@ -210,6 +212,44 @@ class BrowserStream:
 
     def first(self, name: str) -> StreamEvent:
         return next(e for e in self.events if e.event == name)
+
+
+def split_blocks(html: str, count: int) -> int:
+    """The offset in `html` after its first `count` top-level elements and the whitespace after them."""
+    from html.parser import HTMLParser
+
+    class Blocks(HTMLParser):
+        void = {"br", "hr", "img", "input", "wbr"}
+
+        def __init__(self) -> None:
+            super().__init__(convert_charrefs=False)
+            self.depth, self.done, self.end = 0, 0, None
+
+        def handle_starttag(self, tag: str, attrs: Any) -> None:
+            if tag in self.void:
+                self.closed()
+            else:
+                self.depth += 1
+
+        def handle_endtag(self, tag: str) -> None:
+            self.depth -= 1
+            self.closed()
+
+        def handle_startendtag(self, tag: str, attrs: Any) -> None:
+            self.closed()
+
+        def closed(self) -> None:
+            if self.depth == 0 and self.end is None:
+                self.done += 1
+                if self.done == count:
+                    line, column = self.getpos()
+                    offset = sum(len(text) for text in html.splitlines(keepends=True)[: line - 1]) + column
+                    self.end = html.index(">", offset) + 1
+
+    parser = Blocks()
+    parser.feed(html)
+    assert parser.end is not None, f"fewer than {count} blocks in {html!r}"
+    return len(html) - len(html[parser.end :].lstrip())
 
 
 def raw_delta(data: str) -> str:

@@ -15,7 +15,7 @@ from chat.streaming.live import TEXT, THINKING, LiveReply
 from chat.streaming.providers.demo import REPLY, pieces
 from chat.streaming.relay import FRAME_SECONDS, LiveView
 from chat.streaming.rendering import RENDER_SECONDS, RENDER_SLACK, LiveMarkdown, render_markdown, sanitize
-from tests.conftest import parse_stream
+from tests.conftest import parse_stream, split_blocks
 from tests.fake_upstream import DEFAULT_TEXT
 
 CORPUS = [
@@ -33,18 +33,21 @@ CORPUS = [
 
 
 def stream_into(markdown: LiveMarkdown, text: str, rng: random.Random) -> list[str]:
-    """Feed `text` in random small pieces at random moments, rendering whenever a render is due."""
-    frozen, i, now = [], 0, 0.0
-    while i < len(text):
-        size = rng.randint(1, 8)
-        markdown.feed(text[i : i + size])
-        i += size
-        now += rng.random() * 0.1
-        if markdown.due(now):
-            frozen.append(markdown.flush(now=now).frozen)
-    last = markdown.flush(final=True)
-    assert last.tail == ""
-    return [*frozen, last.frozen]
+    """Feed `text` in random small pieces at random moments, rendering whenever a render is due; the
+    blocks the page ends with (those sent, and those kept from the tail it had)."""
+    frozen, tail, i, now = [], "", 0, 0.0
+    while i < len(text) or tail:
+        if i < len(text):
+            size = rng.randint(1, 8)
+            markdown.feed(text[i : i + size])
+            i = min(i + size, len(text))
+            now += rng.random() * 0.1
+        if i == len(text) or markdown.due(now):
+            render = markdown.flush(final=i == len(text), now=now)
+            frozen.append(tail[: split_blocks(tail, render.kept)] if render.kept else "")
+            frozen.append(render.frozen)
+            tail = render.tail
+    return frozen
 
 
 # --- safety ---------------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ def test_a_finished_block_is_frozen_once_and_only_the_open_block_is_rendered_aga
     assert render.tail == "<p>First paragraph.</p>\n<p>Second</p>\n"
     markdown.feed(" paragraph,\nstill open ")
     render = markdown.flush()
-    assert render.frozen == "<p>First paragraph.</p>\n"
+    assert (render.frozen, render.kept) == ("", 1)  # final as last rendered: the page keeps it, not sent again
     assert render.tail == "<p>Second paragraph,\nstill open</p>\n"
     assert render.rest == " "  # dropped by the render; the page keeps it before the next word
 
@@ -251,7 +254,7 @@ def test_text_goes_out_as_it_came_and_a_render_event_brings_the_markdown() -> No
         "",
     )
     assert events_of(view.delta_events(start=4, end=4, final=True)) == [
-        ("render", '<div data-blocks="append"><p>Next</p>\n</div><div data-tail></div>', "5")
+        ("render", '<div data-blocks="append" data-kept="1"></div><div data-tail></div>', "5")  # as last rendered
     ]
 
 

@@ -177,8 +177,9 @@ class LiveView:
         render = self.markdown.flush(final=final, now=now)  # sanitised HTML (rendering.LiveMarkdown)
         how = "replace" if self.replace_blocks else "append"
         self.replace_blocks = False
+        kept = f' data-kept="{render.kept:d}"' if render.kept else ""
         rest = f' data-rest="{render.rest}"' if render.rest else ""  # whitespace only
-        return f'<div data-blocks="{how}">{render.frozen}</div><div data-tail{rest}>{render.tail}</div>'
+        return f'<div data-blocks="{how}"{kept}>{render.frozen}</div><div data-tail{rest}>{render.tail}</div>'
 
 
 def kind_runs(kinds: bytearray, *, start: int, end: int) -> list[tuple[int, int, int]]:

@@ -141,6 +141,7 @@ class Render:
     """One catch-up of the page: blocks finished since the last one, and the open tail as it is now."""
 
     frozen: str  # sanitised HTML of blocks no later text can change: appended once
+    kept: int  # blocks before those that the page's tail shows as rendered already: moved, not sent again
     tail: str  # sanitised HTML of the open blocks: replaces the tail's previous render and text
     rest: str  # whitespace at the tail's end that its render drops; the page keeps it so words do not run together
 
@@ -161,6 +162,7 @@ class LiveMarkdown:
 
     def __init__(self) -> None:
         self.tail = ""  # source of the blocks not yet frozen
+        self.tail_html = ""  # the open blocks' last render, as the page has it
         self.shown = 0  # characters of the tail that the page has as HTML; it has the rest as text
         self.line_start = 0  # offset in the tail of the line not yet complete
         self.after_blank = True  # the last complete line was blank (or there was none): a block may start
@@ -241,7 +243,11 @@ class LiveMarkdown:
         tokens = _markdown().parse(source)
         cut, offset = (len(tokens), len(source)) if final else _last_settled_block(source, tokens)
         open_fence = not final and self.fence is not None
-        frozen, tail = _render(tokens[:cut]), _render(tokens[cut:], open_fence=open_fence)
+        frozen, tail, kept = _render(tokens[:cut]), _render(tokens[cut:], open_fence=open_fence), 0
+        if frozen and self.tail_html.startswith(frozen):
+            # Finished as the page shows them (a block is often final a line after its last render).
+            kept, frozen = sum(1 for token in tokens[:cut] if token.level == 0 and token.nesting >= 0), ""
+        self.tail_html = tail
         self.tail = source[offset:]
         self.line_start -= offset
         self.shown = len(self.tail)
@@ -249,7 +255,7 @@ class LiveMarkdown:
         self.urgent = self.dirty = False
         self.rendered_at = now
         rest = "" if open_fence or not tail else self.tail[len(self.tail.rstrip()) :]
-        return Render(frozen, tail, rest)
+        return Render(frozen, kept, tail, rest)
 
 
 def _last_settled_block(source: str, tokens: list[Token]) -> tuple[int, int]:

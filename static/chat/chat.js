@@ -179,20 +179,57 @@ function fragment(html) {
   template.innerHTML = html; // inert: nothing in it runs or loads
   return template.content;
 }
+const appended = new WeakMap(); // per live reply: the text nodes added since its last render
+function append(live, at, text) {
+  const added = appended.get(live) || [];
+  appended.set(live, added);
+  const last = added[added.length - 1];
+  if (last && last === at.lastChild) { last.appendData(text); return; } // one node per run of text
+  const node = document.createTextNode(text); // text, never parsed as HTML
+  at.append(node);
+  added.push(node);
+}
+function keep(tail, blocks, count) {
+  // The tail's first `count` blocks, as last rendered, are final: they move, and are not sent again.
+  while (count > 0 && tail.firstChild) {
+    const node = tail.firstChild;
+    blocks.append(node);
+    if (node.nodeType === Node.ELEMENT_NODE) count--;
+  }
+  const gap = tail.firstChild;
+  if (gap && gap.nodeType === Node.TEXT_NODE && !gap.data.trim()) blocks.append(gap);
+}
+// Text goes on screen at the next frame, all that came in it at once; a render that comes first stands
+// for it (the text that closes a code block never shows inside the block for a moment).
+const queued = new WeakMap(); // per live reply: text received for the next frame
+function queueText(live, text) {
+  if (queued.has(live)) { queued.set(live, queued.get(live) + text); return; }
+  queued.set(live, text);
+  requestAnimationFrame(() => {
+    const waiting = queued.get(live);
+    queued.delete(live);
+    if (waiting && live.isConnected) append(live, openBlock(live.querySelector(".tail")), waiting);
+  });
+}
 function streamed(live, type, data) {
   const blocks = live.querySelector("[id^='blocks-']");
   const tail = live.querySelector(".tail");
   if (type === "message") {
-    openBlock(tail).append(data); // a string: a text node, never parsed as HTML
+    queueText(live, data);
     return;
   }
+  if (queued.has(live)) queued.set(live, ""); // the render has it
+  // The render stands for the text added since the last one: the tail is that render again, then this.
+  for (const node of appended.get(live) || []) node.remove();
+  appended.delete(live);
   const parts = fragment(data);
   const frozen = parts.querySelector("[data-blocks]");
   const open = parts.querySelector("[data-tail]");
-  if (frozen.dataset.blocks === "replace") blocks.replaceChildren(...frozen.childNodes);
-  else blocks.append(...frozen.childNodes);
+  if (frozen.dataset.blocks === "replace") blocks.replaceChildren();
+  keep(tail, blocks, Number(frozen.dataset.kept || 0));
+  blocks.append(...frozen.childNodes);
   tail.replaceChildren(...open.childNodes);
-  if (open.dataset.rest) openBlock(tail).append(open.dataset.rest); // the space before the next word
+  if (open.dataset.rest) append(live, openBlock(tail), open.dataset.rest); // the space before the next word
 }
 function finished(live, html) {
   const article = live.closest("article.message");
@@ -220,6 +257,7 @@ document.addEventListener("htmx:sseBeforeMessage", (event) => {
     finished(live, event.detail.data);
   } else if (type === "reset") {
     // The stream starts over (its worker restarted): empty the bubble; the next events refill it.
+    if (queued.has(live)) queued.set(live, "");
     for (const part of live.querySelectorAll(".thinking-text, .content > div, .notice, .error")) part.replaceChildren();
   }
 });

@@ -22,6 +22,8 @@ import pytest
 
 from chat.models import Conversation, Message, Role, Status
 from tests.browser.conftest import Tab, new_tab
+from tests.browser.test_chat_page import wait_until
+from tests.browser.test_live_rendering import CLOSING, CODE, CODE_REPLY
 from tests.conftest import ROOT, LiveServer
 from tests.fake_upstream import Scenario
 
@@ -145,6 +147,38 @@ def test_the_chat_screenshot_shows_a_finished_streamed_reply_with_highlighted_co
     question_top = wide_tab.page.locator("#messages .message.user").bounding_box()["y"]
     assert question_top >= wide_tab.page.locator("#scroller").bounding_box()["y"], question_top
     screenshot(wide_tab, "chat")
+    assert wide_tab.errors == [], wide_tab.errors
+
+
+CODE_TEXT = "document.querySelector('#messages .message.assistant .content pre code')?.textContent ?? ''"
+REPLY_TEXT = "document.querySelector('#messages .message.assistant .content')?.textContent ?? ''"
+
+
+def test_the_code_screenshots_show_a_code_block_while_its_fence_is_open_and_once_it_closed(
+    wide_tab: Tab, user, sim
+) -> None:
+    chat = Conversation.objects.create(user=user, model="openai:gpt-4o-mini", title="A polite page fetcher")
+    # About 8 s of reply: a look every 30 ms catches the block at 40 lines with seconds of code still to come.
+    sim.enqueue(Scenario(text=CODE_REPLY, interval=0.015, ttft=0.2))
+    wide_tab.open(f"/chat/{chat.pk}/")
+    box = wide_tab.page.locator("#composer textarea")
+    box.fill("Write me a page fetcher with a per-host rate limit, retries and a cache.")
+    box.press("Enter")
+
+    wait_until(wide_tab, f"({CODE_TEXT}).split('\\n').length > 40")
+    screenshot(wide_tab, "code-streaming")
+    shown = wide_tab.page.evaluate(CODE_TEXT)
+    # Still mid-stream once the picture was taken: the code part-way, the closing sentence not yet there.
+    assert CODE.startswith(shown.rstrip()) and len(shown) < len(CODE)
+    assert CLOSING not in wide_tab.page.evaluate(REPLY_TEXT)
+
+    finished = wide_tab.page.locator("#messages .message.assistant.status-completed")
+    finished.wait_for(timeout=20_000)
+    settle(wide_tab)
+    assert finished.locator(".content pre code").text_content() == CODE
+    assert finished.locator(".content pre code span.k").count() >= 20  # highlighted by Pygments
+    assert finished.get_by_text(CLOSING).is_visible()
+    screenshot(wide_tab, "code-finished")
     assert wide_tab.errors == [], wide_tab.errors
 
 
