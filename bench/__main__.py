@@ -32,6 +32,12 @@ VARIANT_C = 100
 # The bare Django relay (bench/bare.py) at these C, 20 ms, in every run that measures daphne there: what a
 # relay that does nothing costs on the same machine at the same moment, the floor streamchat's numbers stand on.
 REFERENCE_C = [100, 250, 500]
+# What the replies are (tests/sample_replies.py; "plain" is the simulator's "tok0 tok1 ..."). The first content
+# gets the whole run; each other one the rows below at 20 ms under each server, and the bare relay at C=100 beside
+# them, so a full run shows every content in about five more minutes.
+CONTENTS = ["mixed", "prose", "code"]
+QUICK_CONTENTS = ["mixed"]
+OTHER_CONTENT_C = [1, 10, 100]
 # The app's default CHAT_MAX_MESSAGE_CHARS: a longer question would be refused, and every send count as an error.
 MAX_QUESTION_CHARS = 32000
 
@@ -59,7 +65,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument("--concurrency", help="comma-separated C values (default: 1,10,100,250,500,1000)")
     parser.add_argument("--intervals", help="comma-separated ms between tokens (default: 20,0; quick: 20)")
-    parser.add_argument("--tokens", type=int, default=200)
+    parser.add_argument("--tokens", type=int, default=200, help="deltas per reply, whatever the content")
+    parser.add_argument(
+        "--content",
+        help="comma-separated: mixed, prose, code, plain (default: mixed,prose,code; quick: mixed); the first "
+        "gets the whole run, the others C=1,10,100 at 20 ms and the bare relay at C=100",
+    )
     parser.add_argument("--ttft", type=float, default=50, help="simulated time to first token, ms")
     parser.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
     parser.add_argument("--no-capacity", action="store_true", help="skip the capacity search")
@@ -74,7 +85,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-variants", action="store_true", help="skip the variant cells")
     parser.add_argument("--no-reference", action="store_true", help="skip the bare relay's reference cells")
     parser.add_argument("--app-dir", help="measure the app of another checkout (e.g. a copy before a change)")
-    parser.add_argument("--budget", type=float, default=840, help="seconds; cells that would start later are skipped")
+    parser.add_argument("--budget", type=float, default=1200, help="seconds; cells that would start later are skipped")
     parser.add_argument(
         "--question-chars",
         type=question_chars,
@@ -154,7 +165,7 @@ def progress(result: Cell, started: float) -> None:
     t = result.ttft
     name = result.server + (f" ({result.variant})" if result.variant else "")
     print(
-        f"  {name:8} {result.interval * 1000:4g} ms C={result.concurrency:5}: "
+        f"  {name:8} {result.content:5} {result.interval * 1000:4g} ms C={result.concurrency:5}: "
         f"added TTFT p50 {t.get('added_p50') or 0:7.1f} p99 {t.get('added_p99') or 0:7.1f} ms, "
         f"errors {result.errors}/{result.attempts}, {result.events_per_s:8.0f} ev/s, "
         f"{result.cpu_us_per_event or 0:5.1f} µs/ev, {result.kib_per_stream:6.1f} KiB/stream, "
@@ -174,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {int(procs.LOAD_CORE)})
     procs.raise_fd_limit()
     servers = csv(args.servers, [], str)
+    contents = csv(args.content, QUICK_CONTENTS if args.quick else CONTENTS, str)
+    unknown = [c for c in contents if c not in (*CONTENTS, "plain")]
+    if unknown:
+        raise SystemExit(f"bench: unknown content {', '.join(unknown)}: use mixed, prose, code or plain")
     concurrency = csv(args.concurrency, QUICK if args.quick else MATRIX)
     intervals = [ms / 1000 for ms in csv(args.intervals, [20] if args.quick else [20, 0], float)]
     capacity = not (args.no_capacity or args.quick)
@@ -187,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     env = server_env(db_url, args.env)
     cell.OUT.mkdir(parents=True, exist_ok=True)
     print(
-        f"bench: database {db_url}; servers {servers}; C {concurrency}; intervals {intervals}; "
+        f"bench: database {db_url}; servers {servers}; contents {contents}; C {concurrency}; intervals {intervals}; "
         f"question {len(question(args.question_chars))} characters",
         flush=True,
     )
@@ -209,14 +224,23 @@ def main(argv: list[str] | None = None) -> int:
     cells: list[Cell] = []
     skipped: list[str] = []
     capacities: dict[str, tuple[int, int | None, list[Cell]]] = {}
-    # The matrix first, every interval, then the variants and the capacity search: if the time budget runs
-    # out, what is skipped is a probe, not a row of the matrix.
-    phases = [(interval, "matrix") for interval in intervals]
+    # The matrix first, every interval, then the other contents, then the variants and the capacity search: if
+    # the time budget runs out, what is skipped is a probe, not a row of the matrix.
+    main_content = contents[0]
+    phases = [(main_content, interval, "matrix") for interval in intervals]
+    phases += [(content, CAPACITY_INTERVAL, "content") for content in contents[1:]]
     if CAPACITY_INTERVAL in intervals and (variants or capacity or reference):
-        phases.append((CAPACITY_INTERVAL, "extra"))
-    for interval, phase in phases:
+        phases.append((main_content, CAPACITY_INTERVAL, "extra"))
+    html_bytes = {
+        content: cell.final_html_bytes(setting.app_dir, cell.content_text(content, args.tokens)) for content in contents
+    }
+    for content, interval, phase in phases:
         sim, sim_url = procs.start_simulator(
-            tokens=args.tokens, interval=interval, ttft=setting.ttft, log=cell.OUT / "logs" / "simulator.log"
+            tokens=args.tokens,
+            interval=interval,
+            ttft=setting.ttft,
+            log=cell.OUT / "logs" / "simulator.log",
+            content=content,
         )
 
         def run(
@@ -227,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
             extra: dict[str, str] | None = None,
             sim: procs.Process = sim,
             sim_url: str = sim_url,
+            content: str = content,
         ) -> Cell:
             result = cell.run_cell(
                 setting=setting,
@@ -237,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                 sim_url=sim_url,
                 variant=variant,
                 extra_env=extra,
+                content=content,
+                html_bytes=html_bytes[content],
             )
             progress(result, started)
             return result
@@ -249,6 +276,15 @@ def main(argv: list[str] | None = None) -> int:
                             skipped.append(f"{server} {interval * 1000:g} ms C={c}")
                             continue
                         cells.append(run(server, interval, c))
+                continue
+            if phase == "content":
+                rows = [(s, c) for s in servers for c in OTHER_CONTENT_C if c in concurrency]
+                rows += [("bare", c) for c in reference[:1]]
+                for server, c in rows:
+                    if time.monotonic() > deadline:
+                        skipped.append(f"{server} {content} C={c}")
+                        continue
+                    cells.append(run(server, interval, c))
                 continue
             for c in reference:
                 if time.monotonic() > deadline:
@@ -278,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                 "code": results.code_state(),
                 "skipped": skipped,
                 "setting": {
+                    "contents": contents,
                     "tokens": setting.tokens,
                     "ttft": setting.ttft,
                     "direct_share": setting.direct_share,

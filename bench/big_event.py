@@ -87,8 +87,8 @@ def one_reply(url: str, cookie: str, csrf: str, conversation: int) -> tuple[floa
         with client.stream("GET", f"/chat/replies/{path}/stream/", headers=headers) as stream:
             for chunk in stream.iter_bytes():
                 received += len(chunk)
-                if b"event: " in chunk:
-                    last = chunk.rsplit(b"event: ", 1)[1].split(b"\n", 1)[0].decode(errors="replace")
+                if b"event:" in chunk:  # "event:NAME" (or "event: NAME" from a checkout before 0032)
+                    last = chunk.rsplit(b"event:", 1)[1].split(b"\n", 1)[0].strip().decode(errors="replace")
     return time.perf_counter() - started, last, received
 
 

@@ -7,6 +7,7 @@ import dataclasses
 import math
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,8 @@ from pathlib import Path
 from bench import database, procs, profile
 from bench.load import Plan, Run, question
 from bench.report import Cell, summarise
+from tests.fake_upstream import generated_text
+from tests.sample_replies import CONTENTS, reply_text
 
 OUT = procs.ROOT / "bench" / "out"
 
@@ -22,7 +25,7 @@ OUT = procs.ROOT / "bench" / "out"
 class Setting:
     """What every cell of a run shares."""
 
-    tokens: int
+    tokens: int  # deltas per reply, whatever the content
     ttft: float
     quick: bool
     env: dict[str, str]  # the server's environment
@@ -67,13 +70,15 @@ def run_cell(
     sim_url: str,
     variant: str = "",
     extra_env: dict[str, str] | None = None,
+    content: str = "plain",
+    html_bytes: int | None = None,
 ) -> Cell:
     accounts = database.fresh_conversations(setting.users[:concurrency])
     writes_before = database.row_writes()
     duration = reply_seconds(setting, interval)
     ramp = max(duration, 1.0)
     window = window_seconds(setting, interval, concurrency)
-    name = f"{server}-{interval * 1000:g}ms-c{concurrency}" + (f"-{variant}" if variant else "")
+    name = f"{server}-{content}-{interval * 1000:g}ms-c{concurrency}" + (f"-{variant}" if variant else "")
     env = {**setting.env, **(extra_env or {}), "OPENAI_BASE_URL": f"{sim_url}/v1"}
     if server == "bare":
         # The bare relay has no question of its own to send: it sends the one the direct readers send.
@@ -87,11 +92,12 @@ def run_cell(
         window=window,
         env=extra_env or {},
         variant=variant,
+        content=content,
+        html_bytes=html_bytes,
     )
     plan = Plan(
         app_url=app_url,
         sim_url=sim_url,
-        tokens=setting.tokens,
         accounts=accounts,
         direct=cell.direct,
         ramp=ramp,
@@ -143,6 +149,26 @@ def run_cell(
             cell.profile = profile.summarise(profile_path)
             cell.profile_categories = profile.categories(profile_path)
     return cell
+
+
+def content_text(content: str, tokens: int) -> str:
+    """The reply the simulator streams for a content: "plain" is its "tok0 tok1 ...", the others markdown."""
+    return reply_text(content, tokens) if content in CONTENTS else generated_text(tokens)
+
+
+# Run in the measured checkout, so the size is that of the HTML its own renderer makes of the reply.
+RENDER = (
+    "import sys; from chat.streaming.rendering import render_markdown as r; print(len(r(sys.stdin.read()).encode()))"
+)
+
+
+def final_html_bytes(app_dir: Path, text: str) -> int:
+    """The size of a reply's final HTML (the stored reply as the page shows it), in bytes."""
+    env = {**os.environ, "PYTHONPATH": str(app_dir)}
+    out = subprocess.run(
+        [sys.executable, "-c", RENDER], cwd=app_dir, env=env, input=text, capture_output=True, text=True, check=True
+    )
+    return int(out.stdout.strip())
 
 
 def wait_for_quiet(setting: Setting, *, most: float = 30.0) -> float:

@@ -13,13 +13,20 @@ from dataclasses import dataclass, field
 import aiohttp
 
 STREAM_URL = re.compile(rb"/chat/replies/(\d+)/stream/")
-TOKEN = b"tok"  # every simulated token is "tokN"; nothing else on either stream contains it
-APP_DONE, APP_ERROR = b"event: done", b"event: error"
-DIRECT_DONE, DIRECT_ERROR = b"data: [DONE]", b'{"error"'
+# What marks a chunk carrying reply text, whatever the text is: the app's text event (since decision 0032 an event
+# of the type that needs no name, its id line followed at once by data; before, `event: text`), and a content
+# delta of the simulator (its opening chunk has role and content, in that order, so it does not match).
+Markers = tuple[bytes, ...]
+APP_TEXT: Markers = (b"event: text\n", *(b"%d\ndata:" % digit for digit in range(10)))
+APP_DONE: Markers = (b"event: done", b"event:done")
+APP_ERROR: Markers = (b"event: error", b"event:error")
+DIRECT_TEXT: Markers = (b'"delta":{"content":',)
+DIRECT_DONE: Markers = (b"data: [DONE]",)
+DIRECT_ERROR: Markers = (b'{"error"',)
 QUESTION = "Benchmark me"  # what every user asks by default
 # --question-chars pads the question with this, a pasted document: plain prose the form keeps as it is (no
-# markup to escape, no whitespace at the ends to strip) and without the markers the readers look for (TOKEN,
-# the done and error events), so a long question changes what the app stores and sends, not what is timed.
+# markup to escape, no whitespace at the ends to strip) and without the markers the readers look for (the text,
+# done and error events), so a long question changes what the app stores and sends, not what is timed.
 FILLER = (
     "The quarterly report covers revenue, costs and the outlook for the next year in some detail. "
     "Each section lists the figures first and then explains what changed since the last report and why.\n\n"
@@ -63,7 +70,6 @@ class Account:
 class Plan:
     app_url: str
     sim_url: str
-    tokens: int
     accounts: list[Account]
     direct: int  # concurrent direct readers of the simulator, interleaved with the app's conversations
     ramp: float  # first starts are spread over this many seconds, so arrivals are steady, not a herd
@@ -83,6 +89,7 @@ class Exchange:
     ttft: float | None = None  # from the stream request to the first chunk carrying a token
     finished: float = 0.0
     error: str = ""
+    body_bytes: int = 0  # of the reply's stream (the app's, or the relay's), as it came over the wire
 
 
 @dataclass
@@ -99,7 +106,6 @@ class Run:
         self.plan = plan
         self.out = Collected()
         self.t0 = 0.0
-        self.last_token = f"tok{plan.tokens - 1}".encode()
         # Built once: at 32,000 characters a request per exchange would be the load generator's own cost.
         self.direct_request = simulated_request(plan.question)
 
@@ -189,7 +195,7 @@ class Run:
                     if r.status != 200:
                         ex.error = f"stream HTTP {r.status}"
                         return refusal_wait(r)
-                    await self._read(r, ex, opened, APP_DONE, APP_ERROR)
+                    await self._read(r, ex, opened, APP_TEXT, APP_DONE, APP_ERROR)
         except TimeoutError:
             ex.error = "timeout"
         except aiohttp.ClientError as exc:
@@ -216,7 +222,7 @@ class Run:
                     if r.status != 200:
                         ex.error = f"{'relay' if via_relay else 'direct'} HTTP {r.status}"
                         return
-                    await self._read(r, ex, ex.started, DIRECT_DONE, DIRECT_ERROR)
+                    await self._read(r, ex, ex.started, DIRECT_TEXT, DIRECT_DONE, DIRECT_ERROR)
         except TimeoutError:
             ex.error = "timeout"
         except aiohttp.ClientError as exc:
@@ -226,30 +232,36 @@ class Run:
             self.out.exchanges.append(ex)
 
     async def _read(
-        self, response: aiohttp.ClientResponse, ex: Exchange, opened: float, done: bytes, error: bytes
+        self,
+        response: aiohttp.ClientResponse,
+        ex: Exchange,
+        opened: float,
+        text: Markers,
+        done: Markers,
+        error: Markers,
     ) -> None:
-        """Times every chunk that carries tokens; the final event (which repeats the text) is not counted."""
+        """Times every chunk that carries text and counts the body's bytes; a reply is complete when its done
+        event came and no error event did (the done event may or may not repeat the text)."""
         loop = asyncio.get_running_loop()
         window_start, window_end = self.t0 + self.plan.window_start, self.t0 + self.plan.window_end
         gaps, kind = self.out.gaps[ex.kind], ex.kind
-        tail, last_at, finished, complete = b"", 0.0, False, False
+        tail, last_at, finished = b"", 0.0, False
         async for chunk in response.content.iter_any():
             now = loop.time()
+            ex.body_bytes += len(chunk)
             seen = len(tail)
             data = tail + chunk  # a marker split across two reads is still found
             tail = data[-24:]
             if finished:
                 continue
-            if error in data:
+            if first(data, error, 0) >= 0:
                 ex.error = "error event"
-            if self.last_token in data:
-                complete = True  # in a live event, or in the final one, which carries the whole reply
-            cut = data.find(done)
+            cut = first(data, done, 0)
             if cut >= 0:
                 finished = True
                 data = data[:cut]
-            # A chunk carrying a token (however the relay encodes and repeats text) is what we time.
-            if data.find(TOKEN, seen) < 0:
+            # A marker that ends in this read (it may have begun in the last one) makes it a chunk carrying text.
+            if first(data, text, seen) < 0:
                 continue
             if ex.ttft is None:
                 ex.ttft = now - opened
@@ -259,10 +271,14 @@ class Run:
         if not ex.error:
             if not finished:
                 ex.error = "stream ended without its final event"
-            elif not complete:
-                ex.error = "incomplete text"
             elif window_start <= loop.time() < window_end:
                 self.out.completed[kind] += 1
+
+
+def first(data: bytes, markers: Markers, seen: int) -> int:
+    """Where the first of the markers that ends after `seen` bytes of data starts, or -1."""
+    found = [i for m in markers if (i := data.find(m, max(0, seen - len(m) + 1))) >= 0]
+    return min(found, default=-1)
 
 
 def refusal_wait(response: aiohttp.ClientResponse) -> float:

@@ -115,10 +115,17 @@ class Process:
         raise RuntimeError(f"{self.name} did not start listening within {timeout:g} s")
 
 
-def start_simulator(*, tokens: int, interval: float, ttft: float, log: Path) -> tuple[Process, str]:
+def start_simulator(
+    *, tokens: int, interval: float, ttft: float, log: Path, content: str = "plain", record_sends: bool = False
+) -> tuple[Process, str]:
+    """The simulator on the load core; content "plain" streams "tok0 tok1 ...", the others a markdown reply."""
     port = free_port()
     argv = [sys.executable, "-m", "tests.fake_upstream", "--port", str(port), "--tokens", str(tokens)]
     argv += ["--interval", str(interval), "--ttft", str(ttft)]
+    if content != "plain":
+        argv += ["--content", content]
+    if record_sends:
+        argv.append("--record-sends")
     proc = Process(name="simulator", argv=argv, env=dict(os.environ), log=log, core=LOAD_CORE)
     proc.wait_listening(port)
     return proc, f"http://127.0.0.1:{port}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,9 @@ class Cell:
     all_writes_per_reply: float | None = None
     env: dict[str, str] = field(default_factory=dict)  # settings that differ from the run's (variants)
     variant: str = ""
+    content: str = "plain"  # what the replies are: "plain" ("tok0 tok1 ..."), "prose", "mixed" or "code"
+    reply_bytes: float | None = None  # median bytes of the reply's stream body, completed replies in the window
+    html_bytes: int | None = None  # the final HTML of that reply (the app's render_markdown), bytes
     profile: list[tuple[str, float, float]] = field(default_factory=list)
     profile_categories: list[tuple[str, float]] = field(default_factory=list)
 
@@ -80,6 +84,7 @@ def summarise(cell: Cell, got: Collected, *, tokens: int) -> None:
     app = [e for e in in_window if e.kind == "app" and not e.error and e.ttft is not None]
     direct = [e for e in in_window if e.kind == "direct" and not e.error and e.ttft is not None]
     cell.samples = {"app": len(app), "direct": len(direct)}
+    cell.reply_bytes = statistics.median(e.body_bytes for e in app) if app else None
     app_ttft = [e.ttft for e in app]
     direct_ttft = [e.ttft for e in direct]
     send = [e.send for e in app if e.send is not None]
@@ -117,11 +122,11 @@ def pair(a: float | None, b: float | None, digits: int = 0) -> str:
 
 
 HEADER = (
-    "| server | interval | C | TTFT app p50 / p99 | TTFT direct p50 / p99 | **added TTFT p50 / p99** "
+    "| server | content | interval | C | TTFT app p50 / p99 | TTFT direct p50 / p99 | **added TTFT p50 / p99** "
     "| POST send p50 / p99 | user-seen added p50 / p99 | gap p99 added | errors | replies/s | upstream ev/s "
     "| CPU µs/event | server CPU | RSS idle → peak MiB | KiB/stream | threads / DB conns | DB rows/reply "
-    "| load-core CPU | other CPU |\n"
-    "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
+    "| load-core CPU | other CPU | KiB/reply (× HTML) |\n"
+    "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n"
 )
 
 
@@ -138,6 +143,7 @@ def row(cell: Cell) -> str:
     writes = "–" if cell.writes_per_reply is None else f"{cell.writes_per_reply:.1f} ({cell.all_writes_per_reply:.1f})"
     return (
         f"| {SERVER_LABELS.get(cell.server, cell.server)}{f' ({cell.variant})' if cell.variant else ''} "
+        f"| {cell.content} "
         f"| {cell.interval * 1000:g} ms "
         f"| {cell.concurrency} "
         f"| {pair(t.get('app_p50'), t.get('app_p99'), 1)} | {pair(t.get('direct_p50'), t.get('direct_p99'), 1)} "
@@ -146,8 +152,16 @@ def row(cell: Cell) -> str:
         f"| {errors} | {fmt(cell.replies_per_s, 1)} | {fmt(cell.events_per_s)} | {fmt(cell.cpu_us_per_event, 1)} "
         f"| {cell.server_cpu * 100:.0f}% | {cell.rss_idle_mib:.0f} → {cell.rss_peak_mib:.0f} "
         f"| {fmt(cell.kib_per_stream, 1)} | {cell.threads} / {fmt(cell.db_connections)} | {writes} "
-        f"| {cell.load_cpu * 100:.0f}% | {cell.other_cpu * 100:.0f}% |\n"
+        f"| {cell.load_cpu * 100:.0f}% | {cell.other_cpu * 100:.0f}% | {reply_size(cell)} |\n"
     )
+
+
+def reply_size(cell: Cell) -> str:
+    """Bytes per reply over the wire in KiB, and as a multiple of the reply's final HTML."""
+    if cell.reply_bytes is None:
+        return "–"
+    times = f" ({cell.reply_bytes / cell.html_bytes:.1f}×)" if cell.html_bytes else ""
+    return f"{cell.reply_bytes / 1024:,.1f}{times}"
 
 
 def table(cells: list[Cell]) -> str:

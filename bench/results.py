@@ -53,15 +53,23 @@ def code_state() -> str:
     return f"commit {head}" + (" with uncommitted changes" if dirty else "")
 
 
-def find(cells: list[Cell], server: str, interval: float, concurrency: int) -> Cell | None:
+def find(cells: list[Cell], server: str, interval: float, concurrency: int, content: str | None = None) -> Cell | None:
+    """The cell of that server, interval and C, with that content (default: the run's first, its main one)."""
+    content = content or (cells[0].content if cells else None)
     return next(
         (
             c
             for c in cells
-            if (c.server, c.interval, c.concurrency) == (server, interval, concurrency) and not c.variant
+            if (c.server, c.interval, c.concurrency, c.content) == (server, interval, concurrency, content)
+            and not c.variant
         ),
         None,
     )
+
+
+def contents_of(cells: list[Cell]) -> list[str]:
+    """The contents a run measured, its main one first."""
+    return list(dict.fromkeys(c.content for c in cells))
 
 
 def verdict(ok: bool | None) -> str:
@@ -120,6 +128,16 @@ def targets(
             + bare_says(cells, worst.concurrency, lambda b: f"{b.kib_per_stream:.1f} KiB at C={b.concurrency}")
             + ")"
         )
+    for content in contents_of(cells):
+        sized = [c for c in cells if c.server == "daphne" and c.content == content and c.reply_bytes and c.html_bytes]
+        if sized:
+            first = min(sized, key=lambda c: (c.interval, c.concurrency))
+            times = first.reply_bytes / first.html_bytes  # type: ignore[operator]
+            lines.append(
+                f"- {content}: bytes per reply ≤ 3× the final HTML — {verdict(times <= 3)} "
+                f"({first.reply_bytes:,.0f} bytes over the wire for {first.html_bytes:,} of HTML, {times:.1f}×, "
+                f"at C={first.concurrency})"
+            )
     slow, fast = find(cells, "daphne", 0.02, 100), find(cells, "daphne", 0.0, 100)
     if slow and fast and slow.writes_per_reply is not None and fast.writes_per_reply is not None:
         seconds = setting.ttft + setting.tokens * 0.02
@@ -156,7 +174,7 @@ def reference_section(cells: list[Cell]) -> list[str]:
         (app, bare)
         for bare in cells
         if bare.server == "bare" and not bare.variant
-        if (app := find(cells, "daphne", bare.interval, bare.concurrency)) is not None
+        if (app := find(cells, "daphne", bare.interval, bare.concurrency, bare.content)) is not None
     ]
     if not pairs:
         return []
@@ -167,22 +185,44 @@ def reference_section(cells: list[Cell]) -> list[str]:
         "rendering or middleware. It is the floor for a Django view on daphne with this client on this machine: "
         "where it misses a target, streamchat, which does strictly more per reply, cannot meet it here; the "
         "ratios say what streamchat's own work costs on top.\n",
-        "| C (20 ms) | added TTFT p50 / p99, streamchat | bare relay | CPU µs/event, streamchat | bare relay "
-        "| ratio | KiB/stream, streamchat | bare relay | ratio | threads, streamchat / bare |",
-        "|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+        "| content | C (20 ms) | added TTFT p50 / p99, streamchat | bare relay | CPU µs/event, streamchat "
+        "| bare relay | ratio | KiB/stream, streamchat | bare relay | ratio | threads, streamchat / bare "
+        "| KiB/reply, streamchat / bare |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for app, bare in pairs:
         a, b = app.ttft, bare.ttft
         lines.append(
-            f"| {app.concurrency} | {fmt(a.get('added_p50'), 1)} / {fmt(a.get('added_p99'), 1)} "
+            f"| {app.content} | {app.concurrency} | {fmt(a.get('added_p50'), 1)} / {fmt(a.get('added_p99'), 1)} "
             f"| {fmt(b.get('added_p50'), 1)} / {fmt(b.get('added_p99'), 1)} "
             f"| {fmt(app.cpu_us_per_event, 1)} | {fmt(bare.cpu_us_per_event, 1)} "
             f"| {ratio(app.cpu_us_per_event, bare.cpu_us_per_event)} "
             f"| {app.kib_per_stream:.1f} | {bare.kib_per_stream:.1f} "
             f"| {ratio(app.kib_per_stream, bare.kib_per_stream)} "
-            f"| {app.threads} / {bare.threads} |"
+            f"| {app.threads} / {bare.threads} "
+            f"| {fmt(kib(app.reply_bytes), 1)} / {fmt(kib(bare.reply_bytes), 1)} |"
         )
     return [*lines, ""]
+
+
+def kib(size: float | None) -> float | None:
+    return None if size is None else size / 1024
+
+
+def replies(cells: list[Cell], setting: Setting) -> str:
+    """What the simulator streams, for the Workload line."""
+    contents = contents_of(cells) or ["plain"]
+    named = {
+        "plain": '"tok0 tok1 ..." (plain)',
+        "prose": "prose (paragraphs with some bold and inline code)",
+        "mixed": "mixed (headings, paragraphs, bullet lists, tables, 40-line Python blocks)",
+        "code": "code (one Python block)",
+    }
+    main, others = contents[0], contents[1:]
+    text = f"{setting.tokens} deltas per reply (+4 other upstream events) of {named.get(main, main)}"
+    if others:
+        text += "; also " + ", ".join(named.get(c, c) for c in others) + " at C=1, 10, 100 and the bare relay at 100"
+    return text + " (`tests/sample_replies.py`)"
 
 
 def asked(setting: Setting) -> str:
@@ -216,7 +256,7 @@ def document(
         f"so read single numbers with care. Relay process pinned to core {procs.SERVER_CORE} (`taskset`), "
         f"simulator and load generator on core {procs.LOAD_CORE}; the database server is not pinned.",
         f"- **Versions:** {versions()}; database {db}. Code: {code or code_state()}.",
-        f"- **Workload:** {setting.tokens} tokens per reply (+4 other upstream events), simulated TTFT "
+        f"- **Workload:** {replies(cells, setting)}, simulated TTFT "
         f"{setting.ttft * 1000:g} ms, OpenAI wire format from `tests/fake_upstream.py`; {asked(setting)}; "
         "production settings (DEBUG off); each cell starts a fresh server process.",
         "- **Load:** C logged-in users, each in a closed loop of POST send → GET the reply's stream → read to "
@@ -241,6 +281,8 @@ def document(
         "brackets), from pg_stat_user_tables.",
         "- *load-core CPU*: simulator + load generator on their core; *other CPU*: everything else on the machine "
         "(PostgreSQL, and other people's work on this shared box), in cores.",
+        "- *KiB/reply*: median bytes of the reply's stream body (SSE, as the browser receives it) per completed "
+        "reply; in brackets, that as a multiple of the reply's final HTML (`render_markdown` of its text).",
         "",
         table(cells),
     ]

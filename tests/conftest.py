@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -199,12 +200,15 @@ class BrowserStream:
         blocks, tail = "", ""
         for e in self.events:
             if e.event == "render":
-                head, _, rest = e.data.partition(">")  # <div data-blocks="append|replace" data-kept="N">
-                cut = rest.rfind("</div><div data-tail")
-                kept = re.search(r'data-kept="(\d+)"', head)
-                moved = split_blocks(tail, int(kept[1])) if kept else 0
-                blocks = ("" if "replace" in head else blocks) + tail[:moved] + rest[:cut]
-                tail = rest[rest.index(">", cut + 6) + 1 : -len("</div>")]
+                line, _, html = e.data.partition("\n")
+                head = json.loads(line)
+                # Lengths count UTF-16 code units, as the page's JavaScript does.
+                whole = tail.encode("utf-16-le")[: 2 * head["same"]] + html.encode("utf-16-le")
+                finished, tail = (
+                    whole[: 2 * head["cut"]].decode("utf-16-le"),
+                    whole[2 * head["cut"] :].decode("utf-16-le"),
+                )
+                blocks = ("" if head.get("replace") else blocks) + finished
         return blocks + tail
 
     def thinking(self) -> str:
@@ -212,44 +216,6 @@ class BrowserStream:
 
     def first(self, name: str) -> StreamEvent:
         return next(e for e in self.events if e.event == name)
-
-
-def split_blocks(html: str, count: int) -> int:
-    """The offset in `html` after its first `count` top-level elements and the whitespace after them."""
-    from html.parser import HTMLParser
-
-    class Blocks(HTMLParser):
-        void = {"br", "hr", "img", "input", "wbr"}
-
-        def __init__(self) -> None:
-            super().__init__(convert_charrefs=False)
-            self.depth, self.done, self.end = 0, 0, None
-
-        def handle_starttag(self, tag: str, attrs: Any) -> None:
-            if tag in self.void:
-                self.closed()
-            else:
-                self.depth += 1
-
-        def handle_endtag(self, tag: str) -> None:
-            self.depth -= 1
-            self.closed()
-
-        def handle_startendtag(self, tag: str, attrs: Any) -> None:
-            self.closed()
-
-        def closed(self) -> None:
-            if self.depth == 0 and self.end is None:
-                self.done += 1
-                if self.done == count:
-                    line, column = self.getpos()
-                    offset = sum(len(text) for text in html.splitlines(keepends=True)[: line - 1]) + column
-                    self.end = html.index(">", offset) + 1
-
-    parser = Blocks()
-    parser.feed(html)
-    assert parser.end is not None, f"fewer than {count} blocks in {html!r}"
-    return len(html) - len(html[parser.end :].lstrip())
 
 
 def raw_delta(data: str) -> str:

@@ -26,6 +26,8 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from tests.sample_replies import reply_text
+
 logger = logging.getLogger(__name__)
 
 # Multibyte UTF-8 (2-, 3- and 4-byte sequences) so that byte-level splits land mid-character.
@@ -42,6 +44,7 @@ TOOL_USE_ID = "toolu_1"
 TOOL_NAME = "get_weather"
 TOOL_ARGUMENTS = '{"location": "Paris, France", "unit": "celsius"}'
 THINKING_SIGNATURE = "EqQBCkgIBBABGAIiQFakeSignatureForTestsOnlyZm9vYmFyYmF6"
+DEFAULT_CONTENT_TOKENS = 400
 
 # Item tags. "pre" precedes the content, "think" is a reasoning delta, "content" a text delta, "post" follows
 # the content (tool call, finish reason, block stop), "final" is what omit_final drops, "comment" is filler
@@ -82,6 +85,9 @@ class Scenario:
     ttft: float = 0.0  # seconds between sending the headers and the first body byte
     interval: float = 0.0  # seconds between consecutive text deltas (thinking and content alike)
     tokens: int | None = None  # replace the text by "tok0 tok1 ..." with this many words (one delta each)
+    # "prose", "mixed" or "code": replace the text by that realistic markdown reply of `tokens` deltas
+    # (tests/sample_replies.py; DEFAULT_CONTENT_TOKENS without tokens). None: "tok0 tok1 ..." or the text.
+    content: str | None = None
     status: int = 200  # non-200: reply with the provider's error JSON instead of a stream
     retry_after: str | None = None  # Retry-After header on a non-200 reply
     error_message: str = "simulated failure"
@@ -120,7 +126,9 @@ class Scenario:
     encoding: str = ""  # Content-Encoding: "gzip" (as gzip=True), "deflate" (zlib) or "raw-deflate" (sent as deflate)
     recorded: bytes | None = None  # replay these bytes (a recorded stream, tests/fixtures/) as the body; split applies
 
-    def content(self) -> str:
+    def streamed_text(self) -> str:
+        if self.content is not None:
+            return reply_text(self.content, self.tokens if self.tokens is not None else DEFAULT_CONTENT_TOKENS)
         return generated_text(self.tokens) if self.tokens is not None else self.text
 
 
@@ -151,6 +159,7 @@ class RequestRecord:
     closed_at: float | None = None
     end: str = ""
     deltas_sent: int = 0
+    sent_at: list[float] | None = None  # time.time() as each content delta was written, when sends are recorded
 
 
 class _Framer:
@@ -218,7 +227,7 @@ def _anthropic_usage(sc: Scenario, output_tokens: int) -> dict[str, int]:
 
 def _openai_items(sc: Scenario, model: str, include_usage: bool) -> Iterator[_Item]:
     f = _Framer(sc.crlf, sc.cr)
-    pieces = split_deltas(sc.content())
+    pieces = split_deltas(sc.streamed_text())
     # Chunks share everything but the delta and finish_reason, so format around a prefix instead of
     # re-encoding the whole dict per delta (matters at 1000 streams x 200 deltas).
     base = (
@@ -270,7 +279,7 @@ def _openai_items(sc: Scenario, model: str, include_usage: bool) -> Iterator[_It
 
 def _anthropic_items(sc: Scenario, model: str) -> Iterator[_Item]:
     f = _Framer(sc.crlf, sc.cr)
-    pieces = split_deltas(sc.content())
+    pieces = split_deltas(sc.streamed_text())
     message = {
         "id": f"msg_{secrets.token_hex(12)}",
         "type": "message",
@@ -452,6 +461,16 @@ def _html_error_page(status: int, title: str) -> bytes:
     ).encode()
 
 
+def _question(body: dict[str, Any]) -> str:
+    """The last user message's text of a chat request, "" when it has none as a plain string."""
+    messages = body.get("messages")
+    users = (
+        [m for m in messages if isinstance(m, dict) and m.get("role") == "user"] if isinstance(messages, list) else []
+    )
+    text = users[-1].get("content") if users else ""
+    return text if isinstance(text, str) else ""
+
+
 def _encoding(sc: Scenario) -> str:
     return "gzip" if sc.gzip else sc.encoding
 
@@ -464,13 +483,20 @@ class FakeUpstream:
     """A loopback aiohttp server streaming scenarios; run in a thread (tests) or a process (benchmark)."""
 
     def __init__(
-        self, default: Scenario | None = None, host: str = "127.0.0.1", port: int = 0, max_log: int | None = None
+        self,
+        default: Scenario | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_log: int | None = None,
+        record_sends: bool = False,
     ) -> None:
         if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
             raise ValueError(f"FakeUpstream only listens on loopback, not {host!r}")
         self.default = default or Scenario()
         self.host = "127.0.0.1" if host == "localhost" else host
         self.port = port
+        # Off by default: the benchmark's 1,000 streams should not pay for a list of times each.
+        self.record_sends = record_sends
         self._lock = threading.Lock()
         self._queue: deque[Scenario] = deque()
         # Bounded in benchmark mode so a long run does not grow memory without limit.
@@ -576,7 +602,7 @@ class FakeUpstream:
             time.sleep(0.01)
 
     def expected_text(self, scenario: Scenario | None = None) -> str:
-        return (scenario or self.default).content()
+        return (scenario or self.default).streamed_text()
 
     # ----- server lifecycle -----------------------------------------------------------------------
 
@@ -584,6 +610,7 @@ class FakeUpstream:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._openai)
         app.router.add_post("/v1/messages", self._anthropic)
+        app.router.add_get("/_sent", self._sent)
         app.router.add_route("*", "/{tail:.*}", self._not_found)
         # handler_cancellation: a client disconnect cancels the handler at once, even mid-sleep or silent.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
@@ -628,6 +655,8 @@ class FakeUpstream:
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
         raw = await request.read()
         rec = RequestRecord(path=request.path, headers=headers, body={}, scenario=scenario, received_at=received)
+        if self.record_sends:
+            rec.sent_at = []
         with self._lock:
             self._log.append(rec)
         return rec, raw
@@ -639,6 +668,28 @@ class FakeUpstream:
         self._finish(rec, "error_status")
         error = {"message": f"Unknown path {request.path}", "type": "invalid_request_error", "code": "unknown_url"}
         return web.json_response({"error": error}, status=404)
+
+    async def _sent(self, request: web.Request) -> web.Response:
+        """GET /_sent?last=N: the last N streamed replies (default 10), oldest first, each with the question that
+        asked for it and [time.time() when written, text] for every content delta sent so far."""
+        try:
+            last = max(1, int(request.query.get("last", "10")))
+        except ValueError:
+            return web.json_response({"error": "last must be a whole number"}, status=400)
+        with self._lock:
+            taken = [(r, list(r.sent_at)) for r in self._log if r.sent_at is not None][-last:]
+        # zip stops at the times: a reply still streaming has sent fewer deltas than its text has.
+        replies = [
+            {
+                "question": _question(r.body),
+                "end": r.end,
+                "deltas": [
+                    [at, piece] for at, piece in zip(times, split_deltas(r.scenario.streamed_text()), strict=False)
+                ],
+            }
+            for r, times in taken
+        ]
+        return web.json_response({"recording": self.record_sends, "replies": replies})
 
     async def _openai(self, request: web.Request) -> web.StreamResponse:
         return await self._guarded(request, "openai")
@@ -712,7 +763,7 @@ class FakeUpstream:
         else:
             items = _anthropic_items(sc, model)
             ids = {"request-id": f"req_{secrets.token_hex(8)}"}
-        items = _with_faults(items, len(split_deltas(sc.content())), sc, provider)
+        items = _with_faults(items, len(split_deltas(sc.streamed_text())), sc, provider)
         if sc.recorded is not None:
             items = iter([("post", sc.recorded), ("end", b"")])
         if sc.bom:
@@ -769,7 +820,7 @@ class FakeUpstream:
         sc = rec.scenario
         if sc.ttft:
             await asyncio.sleep(sc.ttft)
-        text, pieces = sc.content(), len(split_deltas(sc.content()))
+        text, pieces = sc.streamed_text(), len(split_deltas(sc.streamed_text()))
         payload: dict[str, Any]
         if provider == "openai":
             message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -864,6 +915,8 @@ class _Stream:
     def _count_delta(self, n: int = 1) -> None:
         with self.up._lock:
             self.rec.deltas_sent += n
+            if self.rec.sent_at is not None:
+                self.rec.sent_at.extend([time.time()] * n)
 
     async def paced(self, items: Iterator[_Item], per_byte: bool) -> str:
         sc = self.rec.scenario
@@ -969,6 +1022,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--tokens", type=int, default=None, help="generated tokens per response (default: the sample text)"
     )
+    parser.add_argument(
+        "--content",
+        choices=["prose", "mixed", "code"],
+        help=f"a realistic markdown reply of --tokens deltas (default {DEFAULT_CONTENT_TOKENS}) instead of tokN",
+    )
+    parser.add_argument(
+        "--record-sends", action="store_true", help="record when each delta is sent, served as JSON at GET /_sent"
+    )
     parser.add_argument("--interval", type=float, default=0.0, help="seconds between deltas")
     parser.add_argument("--ttft", type=float, default=0.0, help="seconds before the first body byte")
     parser.add_argument("--log-level", default="WARNING")
@@ -976,10 +1037,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_fd_limit()
     up = FakeUpstream(
-        Scenario(tokens=args.tokens, interval=args.interval, ttft=args.ttft),
+        Scenario(tokens=args.tokens, content=args.content, interval=args.interval, ttft=args.ttft),
         host=args.host,
         port=args.port,
         max_log=1000,
+        record_sends=args.record_sends,
     )
     asyncio.run(_serve_forever(up))
     return 0

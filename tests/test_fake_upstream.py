@@ -18,7 +18,8 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.fake_upstream import TOOL_ARGUMENTS, FakeUpstream, RequestRecord, Scenario
+from tests.fake_upstream import TOOL_ARGUMENTS, FakeUpstream, RequestRecord, Scenario, split_deltas
+from tests.sample_replies import reply_text
 
 ANTHROPIC_HEADERS = {"anthropic-version": "2023-06-01", "x-api-key": "test"}
 
@@ -309,6 +310,40 @@ def test_headers_before_ttft_and_interval_pacing(up: FakeUpstream, client: httpx
     assert rec.closed_at - rec.first_byte_at >= 5 * 0.03 - 0.01
 
 
+@pytest.mark.parametrize("content", ["prose", "mixed", "code"])
+def test_a_content_streams_that_sample_reply_one_piece_a_delta(
+    up: FakeUpstream, client: httpx.Client, content: str
+) -> None:
+    up.enqueue(Scenario(content=content, tokens=150))
+    parsed = read_openai(client, up)
+    assert parsed.text == reply_text(content, 150)
+    assert parsed.usage["completion_tokens"] == 150 and parsed.done
+
+
+def test_send_times_are_not_recorded_unless_switched_on(up: FakeUpstream, client: httpx.Client) -> None:
+    up.enqueue(Scenario(tokens=5))
+    read_openai(client, up)
+    assert last(up, "completed").sent_at is None
+    assert client.get(up.url + "/_sent").json() == {"recording": False, "replies": []}
+
+
+def test_recorded_send_times_are_served_with_each_delta_and_the_question(client: httpx.Client) -> None:
+    with FakeUpstream(Scenario(content="code", tokens=30, interval=0.01), record_sends=True) as up:
+        for question in ("first", "Screen me"):
+            body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": question}]}
+            before = time.time()
+            client.post(up.openai_base_url + "/chat/completions", json=body).read()
+            after = time.time()
+        sent = client.get(up.url + "/_sent", params={"last": 1}).json()
+    assert sent["recording"] is True
+    [reply] = sent["replies"]
+    assert reply["question"] == "Screen me" and reply["end"] == "completed"
+    times = [at for at, _ in reply["deltas"]]
+    assert [piece for _, piece in reply["deltas"]] == split_deltas(reply_text("code", 30))
+    assert before <= times[0] and times == sorted(times) and times[-1] <= after
+    assert times[-1] - times[0] >= 29 * 0.01 - 0.005  # paced: the times are when each delta went out
+
+
 def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
@@ -325,9 +360,33 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         assert url.startswith("http://127.0.0.1:"), line
         r = httpx.post(url + "/v1/chat/completions", json={"model": "m", "stream": True}, timeout=5)
         assert '"content":"tok4"' in r.text and r.text.endswith("data: [DONE]\n\n")
+        assert httpx.get(url + "/_sent", timeout=5).json()["recording"] is False
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_cli_streams_a_content_and_records_its_send_times() -> None:
+    root = Path(__file__).resolve().parents[1]
+    argv = [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--content", "mixed", "--tokens", "60"]
+    proc = subprocess.Popen(
+        [*argv, "--record-sends"],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().rsplit(" ", 1)[-1].strip()
+        body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=5)
+        assert r.text.count('{"content":') == 60
+        [reply] = httpx.get(url + "/_sent", timeout=5).json()["replies"]
+        assert "".join(piece for _, piece in reply["deltas"]) == reply_text("mixed", 60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=5)

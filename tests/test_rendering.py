@@ -15,8 +15,9 @@ from chat.streaming.live import TEXT, THINKING, LiveReply
 from chat.streaming.providers.demo import REPLY, pieces
 from chat.streaming.relay import FRAME_SECONDS, LiveView
 from chat.streaming.rendering import RENDER_SECONDS, RENDER_SLACK, LiveMarkdown, render_markdown, sanitize
-from tests.conftest import parse_stream, split_blocks
+from tests.conftest import parse_stream
 from tests.fake_upstream import DEFAULT_TEXT
+from tests.sample_replies import CONTENTS, reply_text
 
 CORPUS = [
     REPLY.format(question="What is this?"),
@@ -43,10 +44,8 @@ def stream_into(markdown: LiveMarkdown, text: str, rng: random.Random) -> list[s
             i = min(i + size, len(text))
             now += rng.random() * 0.1
         if i == len(text) or markdown.due(now):
-            render = markdown.flush(final=i == len(text), now=now)
-            frozen.append(tail[: split_blocks(tail, render.kept)] if render.kept else "")
-            frozen.append(render.frozen)
-            tail = render.tail
+            finished, tail = markdown.flush(final=i == len(text), now=now).apply(tail)
+            frozen.append(finished)
     return frozen
 
 
@@ -134,38 +133,55 @@ def test_a_finished_block_is_frozen_once_and_only_the_open_block_is_rendered_aga
     markdown = LiveMarkdown()
     markdown.feed("# Title\n\nFirst paragraph.\n\nSecond")
     render = markdown.flush()
-    assert render.frozen == "<h1>Title</h1>\n"  # the line "Second" is not complete: it could still be "1." (a list)
-    assert render.tail == "<p>First paragraph.</p>\n<p>Second</p>\n"
+    blocks, tail = render.apply("")
+    assert blocks == "<h1>Title</h1>\n"  # the line "Second" is not complete: it could still be "1." (a list)
+    assert tail == "<p>First paragraph.</p>\n<p>Second</p>\n"
     markdown.feed(" paragraph,\nstill open ")
     render = markdown.flush()
-    assert (render.frozen, render.kept) == ("", 1)  # final as last rendered: the page keeps it, not sent again
-    assert render.tail == "<p>Second paragraph,\nstill open</p>\n"
+    # The paragraph is final as it was last rendered, and the open one starts as it did: neither is sent again.
+    assert (render.same, render.html) == (len("<p>First paragraph.</p>\n<p>Second"), " paragraph,\nstill open</p>\n")
+    assert render.apply(tail) == ("<p>First paragraph.</p>\n", "<p>Second paragraph,\nstill open</p>\n")
     assert render.rest == " "  # dropped by the render; the page keeps it before the next word
 
 
 def test_a_numbered_list_with_blank_lines_is_not_frozen_before_the_next_item_is_known() -> None:
     markdown = LiveMarkdown()
     markdown.feed("1. One\n\n2")  # `2` may still become `2.`, the same (now loose) list
-    assert markdown.flush().frozen == ""
+    blocks, tail = markdown.flush().apply("")
+    assert blocks == ""
     markdown.feed(". Two\n\nAfter the list\n")
+    assert markdown.flush().apply(tail) == (
+        "<ol>\n<li>\n<p>One</p>\n</li>\n<li>\n<p>Two</p>\n</li>\n</ol>\n",
+        "<p>After the list</p>\n",
+    )
+
+
+def test_a_render_sends_what_changed_in_utf16_code_units_as_the_page_counts() -> None:
+    markdown = LiveMarkdown()
+    markdown.feed("Emoji 🎉 and *mo")
+    tail = markdown.flush().apply("")[1]
+    markdown.feed("re*")
     render = markdown.flush()
-    assert render.frozen == "<ol>\n<li>\n<p>One</p>\n</li>\n<li>\n<p>Two</p>\n</li>\n</ol>\n"
-    assert render.tail == "<p>After the list</p>\n"
+    assert render.same == len("<p>Emoji 🎉 and ") + 1  # the emoji is two code units in JavaScript
+    assert render.apply(tail)[1] == "<p>Emoji 🎉 and <em>more</em></p>\n"
 
 
 def test_plain_words_need_no_render_and_markdown_syntax_gets_one_on_the_cadence() -> None:
     markdown = LiveMarkdown()
     markdown.feed("Hello")
     assert markdown.due(0.0)  # a block starts: the page gets its paragraph at once
-    markdown.flush(now=0.0)
+    tail = markdown.flush(now=0.0).apply("")[1]
     markdown.feed(" there, how are you")
     assert not markdown.due(5.0)  # the page shows these words as the render would
     markdown.feed(" **to")
     assert not markdown.due(RENDER_SECONDS / 2) and markdown.render_in(RENDER_SECONDS / 2) == RENDER_SECONDS / 2
     assert markdown.due(RENDER_SECONDS)
-    assert markdown.flush(now=RENDER_SECONDS).tail == "<p>Hello there, how are you **to</p>\n"
+    tail = markdown.flush(now=RENDER_SECONDS).apply(tail)[1]
+    assert tail == "<p>Hello there, how are you **to</p>\n"
     markdown.feed("day**?")
-    assert markdown.flush(now=1.0).tail == "<p>Hello there, how are you <strong>today</strong>?</p>\n"
+    render = markdown.flush(now=1.0)
+    assert render.html == "<strong>today</strong>?</p>\n"  # after what did not change
+    assert render.apply(tail)[1] == "<p>Hello there, how are you <strong>today</strong>?</p>\n"
 
 
 def test_an_open_code_block_is_plain_text_until_it_closes_and_then_highlighted_once() -> None:
@@ -173,8 +189,9 @@ def test_an_open_code_block_is_plain_text_until_it_closes_and_then_highlighted_o
     markdown.feed("Code:\n\n```python\n")
     assert markdown.due(0.0)
     render = markdown.flush(now=0.0)
-    assert render.frozen == "<p>Code:</p>\n"  # the fence's first line is complete: the paragraph is final
-    assert '<code class="language-python"></code>' in render.tail and render.rest == ""
+    blocks, tail = render.apply("")
+    assert blocks == "<p>Code:</p>\n"  # the fence's first line is complete: the paragraph is final
+    assert '<code class="language-python"></code>' in tail and render.rest == ""
     for line in ["def f(x):\n", "    return x  # <b>\n", "\n", "print(f(1))\n"]:
         markdown.feed(line)
         assert not markdown.due(100.0)  # the page appends the code as it comes; it is what a render shows
@@ -182,16 +199,16 @@ def test_an_open_code_block_is_plain_text_until_it_closes_and_then_highlighted_o
     assert not markdown.due(100.0)  # "```" could still be "``` x", a line of code
     markdown.feed("\nAfter")
     assert markdown.due(100.0)
-    render = markdown.flush(now=100.0)
-    assert render.frozen.count('<span class="k">def</span>') == 1 and "&lt;b&gt;" in render.frozen
-    assert render.tail == "<p>After</p>\n"
+    blocks, tail = markdown.flush(now=100.0).apply(tail)
+    assert blocks.count('<span class="k">def</span>') == 1 and "&lt;b&gt;" in blocks
+    assert tail == "<p>After</p>\n"
 
 
 def test_an_open_code_blocks_render_is_its_text_as_sent() -> None:
     markdown = LiveMarkdown()
     markdown.feed("```js\nlet a = 1;  \nlet b")
-    render = markdown.flush()
-    assert render.tail.endswith('<pre><code class="language-js">let a = 1;  \nlet b</code></pre></div>\n')
+    tail = markdown.flush().apply("")[1]
+    assert tail.endswith('<pre><code class="language-js">let a = 1;  \nlet b</code></pre></div>\n')
 
 
 @pytest.mark.parametrize(
@@ -209,12 +226,11 @@ def test_the_rendering_work_and_bytes_stay_linear_in_the_replys_length(text: str
         markdown.feed(piece)
         now += 1.0  # worst case: the cadence never holds a render back
         if markdown.due(now):
-            render = markdown.flush(now=now)
-            html += len(render.frozen) + len(render.tail)
-    html += len(markdown.flush(final=True).frozen)
-    # A paragraph of one line is rendered twice (as the open block, then frozen), a long block a few times.
+            html += len(markdown.flush(now=now).html)
+    html += len(markdown.flush(final=True).html)
+    # Parsed a few times at most; and sent once, and a little more (a render sends what changed).
     assert markdown.work <= 3 * len(text) + RENDER_SLACK
-    assert html <= 3 * len(render_markdown(text)) + RENDER_SLACK
+    assert html <= 1.5 * len(render_markdown(text)) + RENDER_SLACK
 
 
 class FakeLiveReply(LiveReply):
@@ -239,8 +255,8 @@ def test_text_goes_out_as_it_came_and_a_render_event_brings_the_markdown() -> No
         ("message", "# Hi\n\n<b>x</b>\nand ", "2"),  # the page inserts it as text: it is never parsed as HTML
         (
             "render",
-            '<div data-blocks="replace"><h1>Hi</h1>\n</div>'  # the first render replaces what the page had
-            '<div data-tail data-rest=" "><p>&lt;b&gt;x&lt;/b&gt;\nand</p>\n</div>',
+            # The first render replaces what the page had: 12 characters of finished blocks, then the tail.
+            '{"same":0,"cut":12,"replace":true,"rest":" "}\n<h1>Hi</h1>\n<p>&lt;b&gt;x&lt;/b&gt;\nand</p>\n',
             "",  # moves no part: the browser's Last-Event-ID stays a part count
         ),
     ]
@@ -249,13 +265,11 @@ def test_text_goes_out_as_it_came_and_a_render_event_brings_the_markdown() -> No
     reply.extend(["\n\nNext\n"], bytes([TEXT]))
     assert events_of(view.delta_events(start=3, end=4, final=False, now=9.0))[1] == (
         "render",
-        '<div data-blocks="append"><p>&lt;b&gt;x&lt;/b&gt;\nand more</p>\n</div>'
-        '<div data-tail data-rest="\n"><p>Next</p>\n</div>',
+        '{"same":27,"cut":37,"rest":"\\n"}\n more</p>\n<p>Next</p>\n',  # after "<p>&lt;b&gt;x&lt;/b&gt;\nand"
         "",
     )
-    assert events_of(view.delta_events(start=4, end=4, final=True)) == [
-        ("render", '<div data-blocks="append" data-kept="1"></div><div data-tail></div>', "5")  # as last rendered
-    ]
+    # The last render's tail is final as it was: it is kept, and nothing is sent again.
+    assert events_of(view.delta_events(start=4, end=4, final=True)) == [("render", '{"same":12,"cut":12}\n', "5")]
 
 
 def test_a_connection_that_resumes_re_renders_once_and_sends_only_the_new_text() -> None:
@@ -266,7 +280,7 @@ def test_a_connection_that_resumes_re_renders_once_and_sends_only_the_new_text()
         ("message", "Para two\n", "2"),  # the raw text from part 1 on only, but the blocks the page has are replaced
         (
             "render",
-            '<div data-blocks="replace"><p>Para one.</p>\n</div><div data-tail data-rest="\n"><p>Para two</p>\n</div>',
+            '{"same":0,"cut":17,"replace":true,"rest":"\\n"}\n<p>Para one.</p>\n<p>Para two</p>\n',
             "",
         ),
     ]
@@ -313,30 +327,36 @@ def long_reply(tokens: int = 4000) -> list[str]:
     return pieces(body * (tokens // len(pieces(body)) + 1))[:tokens]
 
 
+def drive(tokens: list[str], rate: float | None) -> tuple[float, int, LiveView]:
+    """CPU seconds and bytes of LiveView (render, sanitise, encode) for `tokens` as the relay drives it: at
+    most one event per FRAME_SECONDS at `rate` tokens a second, or, worst case, one event per token."""
+    reply, sent, last_event, sent_bytes, now = live_reply(), 0, -1.0, 0, 0.0
+    view = LiveView(reply, resume_from=0)
+    started = time.process_time()
+    for index, token in enumerate(tokens, 1):
+        reply.extend([token], bytes([TEXT]))
+        now = index / (rate or 50)
+        if rate and now - last_event < FRAME_SECONDS:
+            continue  # the relay sleeps out the rest of the frame; tokens pile up meanwhile
+        sent_bytes += len(view.delta_events(start=sent, end=index, final=False, now=now).encode())
+        sent, last_event = index, now
+    sent_bytes += len(view.delta_events(start=sent, end=len(tokens), final=True, now=now).encode())
+    return time.process_time() - started, sent_bytes, view
+
+
 def test_rendering_cost_per_token_of_a_4000_token_reply(capsys: pytest.CaptureFixture[str]) -> None:
-    """Prints the CPU time per token of LiveView (render, sanitise, encode) for a 4,000-token reply
-    as the relay drives it: at most one event per FRAME_SECONDS, or, worst case, one per token."""
-    tokens = long_reply()
-    chars = sum(map(len, tokens))
-    for rate in (None, 50, 100):
-        reply, sent, last_event, sent_bytes = live_reply(), 0, -1.0, 0
-        view = LiveView(reply, resume_from=0)
-        started = time.process_time()
-        for index, token in enumerate(tokens, 1):
-            reply.extend([token], bytes([TEXT]))
-            now = index / (rate or 50)
-            if rate and now - last_event < FRAME_SECONDS:
-                continue  # the relay sleeps out the rest of the frame; tokens pile up meanwhile
-            sent_bytes += len(view.delta_events(start=sent, end=index, final=False, now=now).encode())
-            sent, last_event = index, now
-        sent_bytes += len(view.delta_events(start=sent, end=len(tokens), final=True, now=now).encode())
-        spent = time.process_time() - started
-        label = f"{rate} tokens/s, frames of {FRAME_SECONDS * 1000:.0f} ms" if rate else "one event per token"
+    """Prints the CPU time per token and the bytes sent against the final HTML for the demo's 4,000-token
+    reply, one event per token and in frames, and for the benchmark's three contents at 50 tokens a second."""
+    replies = [(f"demo, {rate or 'one event per'} tokens/s", long_reply(), rate) for rate in (None, 50, 100)]
+    replies += [(f"{content}, 50 tokens/s", pieces(reply_text(content, 2000)), 50) for content in CONTENTS]
+    for label, tokens, rate in replies:
+        spent, sent_bytes, view = drive(tokens, rate)
+        chars = sum(map(len, tokens))
         final_html = len(render_markdown("".join(tokens)).encode())
         with capsys.disabled():
             print(
                 f"\n{label}: {len(tokens)} tokens ({chars:,} chars): {spent * 1e6 / len(tokens):.0f} µs/token, "
                 f"{spent * 1000:.0f} ms in all; parsed {view.markdown.work / chars:.1f}× the text; "
-                f"sent {sent_bytes / final_html:.2f}× the final HTML"
+                f"sent {sent_bytes / final_html:.2f}× the final HTML ({final_html:,} bytes)"
             )
         assert view.markdown.work <= 3 * chars + RENDER_SLACK

@@ -300,7 +300,7 @@ def test_a_finished_reply_is_replayed_without_calling_the_provider_again(chat: C
     assert len(sim.log) == 1
     assert again.names() == ["done"]
     # Live, the page has the body already (data-live); a replay brings it, as a page load renders it.
-    assert 'data-live></div>' in first.events[-1].data
+    assert "data-live></div>" in first.events[-1].data
     reply.refresh_from_db()
     assert again.events[0].data == first.events[-1].data.replace(
         " data-live></div>", f">{render_markdown(reply.content)}</div>"

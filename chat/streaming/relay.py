@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from html import escape
 
@@ -175,11 +176,13 @@ class LiveView:
 
     def _render(self, *, final: bool, now: float) -> str:
         render = self.markdown.flush(final=final, now=now)  # sanitised HTML (rendering.LiveMarkdown)
-        how = "replace" if self.replace_blocks else "append"
-        self.replace_blocks = False
-        kept = f' data-kept="{render.kept:d}"' if render.kept else ""
-        rest = f' data-rest="{render.rest}"' if render.rest else ""  # whitespace only
-        return f'<div data-blocks="{how}"{kept}>{render.frozen}</div><div data-tail{rest}>{render.tail}</div>'
+        # A line of JSON says how to put the HTML after it together with the last render (rendering.Render).
+        head = {"same": render.same, "cut": render.cut}
+        if self.replace_blocks:
+            head["replace"], self.replace_blocks = True, False
+        if render.rest:
+            head["rest"] = render.rest
+        return f"{json.dumps(head, separators=(',', ':'))}\n{render.html}"
 
 
 def kind_runs(kinds: bytearray, *, start: int, end: int) -> list[tuple[int, int, int]]:

@@ -128,8 +128,8 @@ def render_markdown(text: str) -> SafeString:
 # The open block is rendered again at most this often while markdown syntax arrives in it; between renders
 # the page shows the new text as it came (see LiveMarkdown).
 RENDER_SECONDS = 0.1
-# Renders of the open block may send at most this many characters of HTML beyond the reply's own length,
-# so however a block grows the work and the bytes stay linear in the reply.
+# Renders of the open block may parse at most this many characters beyond twice the reply's length, so
+# however a block grows the work stays linear in the reply (and a render sends only what changed).
 RENDER_SLACK = 4096
 # Characters that can make text render otherwise than as it reads; a line break can start any block.
 _SYNTAX = re.compile(r"[\n\r*_`\[\]<>&\\~|#!=]")
@@ -138,12 +138,18 @@ _OPENING_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
 
 @dataclass(frozen=True, slots=True)
 class Render:
-    """One catch-up of the page: blocks finished since the last one, and the open tail as it is now."""
+    """One catch-up of the page: the blocks finished since the last one and the open tail as it is now, as
+    the HTML that differs from the tail's last render. Lengths are in UTF-16 code units, as JavaScript counts."""
 
-    frozen: str  # sanitised HTML of blocks no later text can change: appended once
-    kept: int  # blocks before those that the page's tail shows as rendered already: moved, not sent again
-    tail: str  # sanitised HTML of the open blocks: replaces the tail's previous render and text
+    same: int  # the length of the last tail render that the new HTML (finished blocks, then tail) starts with
+    html: str  # sanitised HTML: the rest of the finished blocks and the tail
+    cut: int  # where, in the new HTML, the finished blocks end and the tail starts
     rest: str  # whitespace at the tail's end that its render drops; the page keeps it so words do not run together
+
+    def apply(self, previous: str) -> tuple[str, str]:
+        """(finished blocks, tail) in full, given the previous tail render: what the page builds."""
+        whole = previous.encode("utf-16-le")[: 2 * self.same] + self.html.encode("utf-16-le")
+        return whole[: 2 * self.cut].decode("utf-16-le"), whole[2 * self.cut :].decode("utf-16-le")
 
 
 class LiveMarkdown:
@@ -172,7 +178,7 @@ class LiveMarkdown:
         self.dirty = False  # syntax arrived that the page shows as text: render when the cadence allows
         self.rendered_at = float("-inf")
         self.fed = 0  # characters fed in all
-        self.spent = 0  # characters of tail HTML rendered in all (frozen blocks are rendered once anyway)
+        self.spent = 0  # characters rendered in all for the open blocks
         self.work = 0  # characters parsed in all, for measuring
 
     def feed(self, text: str) -> None:
@@ -226,13 +232,16 @@ class LiveMarkdown:
             return True
         if self.fence is not None or not self.dirty:
             return False  # the page's text is what a render would show (code is highlighted when it closes)
-        return now - self.rendered_at >= RENDER_SECONDS and self.spent + len(self.tail) <= self.fed + RENDER_SLACK
+        return now - self.rendered_at >= RENDER_SECONDS and self._affordable()
+
+    def _affordable(self) -> bool:
+        return self.spent + len(self.tail) <= 2 * self.fed + RENDER_SLACK
 
     def render_in(self, now: float) -> float | None:
         """Seconds until a render that waits only for its cadence is due; None if none waits."""
         if self.urgent or self.fence is not None or not self.dirty or len(self.tail) == self.shown:
             return None
-        if self.spent + len(self.tail) > self.fed + RENDER_SLACK:
+        if not self._affordable():
             return None  # over budget: the next render waits for more text
         return max(0.0, self.rendered_at + RENDER_SECONDS - now)
 
@@ -243,19 +252,37 @@ class LiveMarkdown:
         tokens = _markdown().parse(source)
         cut, offset = (len(tokens), len(source)) if final else _last_settled_block(source, tokens)
         open_fence = not final and self.fence is not None
-        frozen, tail, kept = _render(tokens[:cut]), _render(tokens[cut:], open_fence=open_fence), 0
-        if frozen and self.tail_html.startswith(frozen):
-            # Finished as the page shows them (a block is often final a line after its last render).
-            kept, frozen = sum(1 for token in tokens[:cut] if token.level == 0 and token.nesting >= 0), ""
+        frozen, tail = _render(tokens[:cut]), _render(tokens[cut:], open_fence=open_fence)
+        # A growing block renders as its last render did up to near its end, and a block is often final as
+        # it was last rendered: only the difference is sent.
+        html = frozen + tail
+        same = _common_prefix(self.tail_html, html)
         self.tail_html = tail
         self.tail = source[offset:]
         self.line_start -= offset
         self.shown = len(self.tail)
-        self.spent += len(tail)
+        self.spent += len(source)
         self.urgent = self.dirty = False
         self.rendered_at = now
         rest = "" if open_fence or not tail else self.tail[len(self.tail.rstrip()) :]
-        return Render(frozen, kept, tail, rest)
+        return Render(utf16_length(html[:same]), html[same:], utf16_length(frozen), rest)
+
+
+def _common_prefix(a: str, b: str) -> int:
+    """The length of the longest common prefix: a binary search over slice comparisons, each in C."""
+    low, high = 0, min(len(a), len(b))
+    while low < high:
+        middle = (low + high + 1) // 2
+        if a[:middle] == b[:middle]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
+def utf16_length(text: str) -> int:
+    """The length of `text` in UTF-16 code units: a JavaScript string's length."""
+    return len(text.encode("utf-16-le")) // 2
 
 
 def _last_settled_block(source: str, tokens: list[Token]) -> tuple[int, int]:

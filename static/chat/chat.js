@@ -189,16 +189,7 @@ function append(live, at, text) {
   at.append(node);
   added.push(node);
 }
-function keep(tail, blocks, count) {
-  // The tail's first `count` blocks, as last rendered, are final: they move, and are not sent again.
-  while (count > 0 && tail.firstChild) {
-    const node = tail.firstChild;
-    blocks.append(node);
-    if (node.nodeType === Node.ELEMENT_NODE) count--;
-  }
-  const gap = tail.firstChild;
-  if (gap && gap.nodeType === Node.TEXT_NODE && !gap.data.trim()) blocks.append(gap);
-}
+const tails = new WeakMap(); // per live reply: the HTML of its tail's last render, which the next one builds on
 // Text goes on screen at the next frame, all that came in it at once; a render that comes first stands
 // for it (the text that closes a code block never shows inside the block for a moment).
 const queued = new WeakMap(); // per live reply: text received for the next frame
@@ -219,17 +210,21 @@ function streamed(live, type, data) {
     return;
   }
   if (queued.has(live)) queued.set(live, ""); // the render has it
-  // The render stands for the text added since the last one: the tail is that render again, then this.
+  // A line of JSON, then HTML: the finished blocks and the tail, after the first `same` characters of the
+  // last render, which they start with (only what changed is sent); the tail starts at `cut`.
+  const line = data.indexOf("\n");
+  const head = JSON.parse(data.slice(0, line));
+  const whole = (tails.get(live) || "").slice(0, head.same) + data.slice(line + 1);
+  const finished = whole.slice(0, head.cut);
+  const open = whole.slice(head.cut);
+  tails.set(live, open);
+  // The render stands for the text added since the last one.
   for (const node of appended.get(live) || []) node.remove();
   appended.delete(live);
-  const parts = fragment(data);
-  const frozen = parts.querySelector("[data-blocks]");
-  const open = parts.querySelector("[data-tail]");
-  if (frozen.dataset.blocks === "replace") blocks.replaceChildren();
-  keep(tail, blocks, Number(frozen.dataset.kept || 0));
-  blocks.append(...frozen.childNodes);
-  tail.replaceChildren(...open.childNodes);
-  if (open.dataset.rest) append(live, openBlock(tail), open.dataset.rest); // the space before the next word
+  if (head.replace) blocks.replaceChildren();
+  if (finished) blocks.append(fragment(finished));
+  tail.replaceChildren(fragment(open));
+  if (head.rest) append(live, openBlock(tail), head.rest); // the space before the next word
 }
 function finished(live, html) {
   const article = live.closest("article.message");
@@ -258,6 +253,7 @@ document.addEventListener("htmx:sseBeforeMessage", (event) => {
   } else if (type === "reset") {
     // The stream starts over (its worker restarted): empty the bubble; the next events refill it.
     if (queued.has(live)) queued.set(live, "");
+    tails.delete(live);
     for (const part of live.querySelectorAll(".thinking-text, .content > div, .notice, .error")) part.replaceChildren();
   }
 });
