@@ -31,18 +31,9 @@ import httpx
 from bench import cell, database, procs
 from bench.load import Plan, Run
 from bench.report import fmt, percentile
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.sample_replies import visible_counts
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [  # as tests/browser/conftest.py
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SECTION = "## On screen"
 # Installed in the page before the question is sent. One observer batch is one DOM update; the count is read on
 # the next frame, when the browser paints what the batch changed. The code blocks' heads (language label, Copy

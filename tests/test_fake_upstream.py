@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -344,10 +345,12 @@ def test_recorded_send_times_are_served_with_each_delta_and_the_question(client:
     assert times[-1] - times[0] >= 29 * 0.01 - 0.005  # paced: the times are when each delta went out
 
 
-def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def simulator_cli(*options: str) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`python -m tests.fake_upstream` with these options on a free port: the process and its URL."""
     root = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--tokens", "5", "--interval", "0.001"],
+        [sys.executable, "-m", "tests.fake_upstream", "--port", "0", *options],
         cwd=root,
         stdout=subprocess.PIPE,
         text=True,
@@ -358,35 +361,26 @@ def test_cli_serves_until_sigterm(tmp_path: Path) -> None:
         line = proc.stdout.readline()
         url = line.rsplit(" ", 1)[-1].strip()
         assert url.startswith("http://127.0.0.1:"), line
-        r = httpx.post(url + "/v1/chat/completions", json={"model": "m", "stream": True}, timeout=5)
-        assert '"content":"tok4"' in r.text and r.text.endswith("data: [DONE]\n\n")
-        assert httpx.get(url + "/_sent", timeout=5).json()["recording"] is False
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=5) == 0
+        yield proc, url
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
 
 
+def test_cli_serves_until_sigterm() -> None:
+    with simulator_cli("--tokens", "5", "--interval", "0.001") as (proc, url):
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "m", "stream": True}, timeout=5)
+        assert '"content":"tok4"' in r.text and r.text.endswith("data: [DONE]\n\n")
+        assert httpx.get(url + "/_sent", timeout=5).json()["recording"] is False
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=5) == 0
+
+
 def test_cli_streams_a_content_and_records_its_send_times() -> None:
-    root = Path(__file__).resolve().parents[1]
-    argv = [sys.executable, "-m", "tests.fake_upstream", "--port", "0", "--content", "mixed", "--tokens", "60"]
-    proc = subprocess.Popen(
-        [*argv, "--record-sends"],
-        cwd=root,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(root)},
-    )
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().rsplit(" ", 1)[-1].strip()
+    with simulator_cli("--content", "mixed", "--tokens", "60", "--record-sends") as (_, url):
         body = {"model": "m", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
         r = httpx.post(url + "/v1/chat/completions", json=body, timeout=5)
         assert r.text.count('{"content":') == 60
         [reply] = httpx.get(url + "/_sent", timeout=5).json()["replies"]
         assert "".join(piece for _, piece in reply["deltas"]) == reply_text("mixed", 60)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=5)

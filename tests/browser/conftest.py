@@ -11,18 +11,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 from tests.conftest import ROOT, LiveServer, wait_until_settled
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 SCREENSHOTS = ROOT / "artifacts" / "screenshots"
 
 
