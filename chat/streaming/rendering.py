@@ -134,6 +134,7 @@ RENDER_SLACK = 4096
 # Characters that can make text render otherwise than as it reads; a line break can start any block.
 _SYNTAX = re.compile(r"[\n\r*_`\[\]<>&\\~|#!=]")
 _OPENING_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})(.*)")
+_MAY_GO_ON = re.compile(r" {0,3}(?:[-+*]|\d{1,9}[.)])(?:[ \t]|$)| {2}")  # a list item, or an indented line
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,13 +158,15 @@ class LiveMarkdown:
 
     Between renders the page appends new text as it arrives to the last block of the open tail (text, never
     HTML), so every token shows at once. The tail is rendered again when that plain text would read
-    otherwise than its markdown: a block starts or a fence opens or closes (at once), or markdown syntax
-    arrived (at most every RENDER_SECONDS, within a budget of bytes linear in the reply). An open fenced
+    otherwise than its markdown: a block starts, its first line completes, or a fence opens or closes (at
+    once), or markdown syntax arrived (at most every RENDER_SECONDS, within a budget of work linear in the
+    reply). An open fenced
     code block is never rendered again: its text is the code; it is highlighted once, when it closes.
 
-    A top-level block is final once a later block has started after a blank line and that block's first
-    line is complete (before then `2` may still become `2.`, continuing the list above), or once it is a
-    fence whose closing line is complete.
+    A top-level block is final once a complete blank line ends it (a paragraph, heading, table or quote;
+    not a list or indented code, which can go on after one), once a later block has started after a blank
+    line and that block's first line is complete (before then `2` may still become `2.`, continuing the
+    list above), or once it is a fence whose closing line is complete.
     """
 
     def __init__(self) -> None:
@@ -173,6 +176,7 @@ class LiveMarkdown:
         self.line_start = 0  # offset in the tail of the line not yet complete
         self.after_blank = True  # the last complete line was blank (or there was none): a block may start
         self.block_starts = True  # no text since then
+        self.may_go_on = False  # the last non-blank line may belong to a list or indented code
         self.fence: tuple[str, int] | None = None  # the open fence's character and length
         self.urgent = False  # a block started or settled, or a fence opened or closed: render now
         self.dirty = False  # syntax arrived that the page shows as text: render when the cadence allows
@@ -187,9 +191,12 @@ class LiveMarkdown:
         start = len(self.tail)
         self.tail += text
         self.fed += len(text)
-        if self.fence is None and ((self.block_starts and text.strip()) or _SYNTAX.search(text)):
-            self.dirty = True  # markdown syntax, or a new block's first text: its own kind of element
-            self.block_starts = False
+        if self.block_starts and text.strip():
+            # A new block's first text: render at once, so it shows in its own element (a paragraph's
+            # margins, a heading's size) from its first word, not as bare text that moves when rendered.
+            self.urgent, self.block_starts = True, False
+        elif self.fence is None and _SYNTAX.search(text):
+            self.dirty = True
         if "\n" in text or "\r" in text:
             self._lines(start)
 
@@ -220,8 +227,12 @@ class LiveMarkdown:
             marker, info = opening.groups()
             if not (marker[0] == "`" and "`" in info):
                 self.fence, self.urgent = (marker[0], len(marker)), True  # the code block's frame, then its text
-        elif self.after_blank and not blank:
-            self.urgent = True  # a block's first line is complete: the blocks before it may be final
+        elif self.after_blank and not blank and self.may_go_on:
+            self.urgent = True  # a block's first line is complete: the list or indented code before it is final
+        if not blank:
+            # Only a list or indented code can go on after a blank line (see _last_settled_block); any other
+            # block a blank line ends is final then, and is frozen by the next render.
+            self.may_go_on = bool(_MAY_GO_ON.match(line))
         self.after_blank = blank
         self.block_starts = blank
 
@@ -229,19 +240,19 @@ class LiveMarkdown:
         if len(self.tail) == self.shown and not self.urgent:
             return False
         if self.urgent:
-            return True
+            return self._affordable(4)  # a structural render; bounded too, for a list of a thousand loose items
         if self.fence is not None or not self.dirty:
             return False  # the page's text is what a render would show (code is highlighted when it closes)
-        return now - self.rendered_at >= RENDER_SECONDS and self._affordable()
+        return now - self.rendered_at >= RENDER_SECONDS and self._affordable(2)
 
-    def _affordable(self) -> bool:
-        return self.spent + len(self.tail) <= 2 * self.fed + RENDER_SLACK
+    def _affordable(self, times: int) -> bool:
+        return self.spent + len(self.tail) <= times * self.fed + RENDER_SLACK
 
     def render_in(self, now: float) -> float | None:
         """Seconds until a render that waits only for its cadence is due; None if none waits."""
         if self.urgent or self.fence is not None or not self.dirty or len(self.tail) == self.shown:
             return None
-        if not self._affordable():
+        if not self._affordable(2):
             return None  # over budget: the next render waits for more text
         return max(0.0, self.rendered_at + RENDER_SECONDS - now)
 
@@ -285,19 +296,32 @@ def utf16_length(text: str) -> int:
     return len(text.encode("utf-16-le")) // 2
 
 
+# Blocks that a blank line does not end: a list goes on (and turns loose) with an item after one, and an
+# indented code block with more indented lines.
+_CONTINUED_AFTER_BLANK = frozenset({"bullet_list_open", "ordered_list_open", "code_block"})
+
+
 def _last_settled_block(source: str, tokens: list[Token]) -> tuple[int, int]:
-    """(token index, source offset) of the start of the last block that nothing later can merge with."""
+    """(token index, source offset) where the blocks that nothing later can change end: after the last block
+    that a complete blank line or its closing fence ended, or before the last block after a blank line whose
+    first line is complete (before then `2` may still become `2.`, continuing the list above it)."""
     starts = [0, *(match.end() for match in _LINE_BREAK.finditer(source))]
+    following = len(tokens)  # the index of the top-level block after the one looked at
     for index in range(len(tokens) - 1, -1, -1):
         token = tokens[index]
         if token.level or token.nesting < 0 or not token.map:
             continue
         first, end = token.map
-        if token.type == "fence" and end < len(starts) and _closes(token, source[starts[end - 1] : starts[end]]):
-            return index + 1, starts[end]  # a closed fence: what follows is a new block, blank line or not
+        if token.type == "fence":
+            if end < len(starts) and _closes(token, source[starts[end - 1] : starts[end]]):
+                return following, starts[end]  # what follows is a new block, blank line or not
+        elif token.type not in _CONTINUED_AFTER_BLANK and end + 1 < len(starts):
+            if not source[starts[end] : starts[end + 1]].strip(" \t\r\n"):
+                return following, starts[end]  # a paragraph, heading, table or quote that a blank line ended
         after_blank = first > 0 and not source[starts[first - 1] : starts[first]].strip(" \t\r\n")
         if after_blank and first + 1 < len(starts):
             return index, starts[first]
+        following = index
     return 0, 0
 
 

@@ -1,4 +1,5 @@
-"""The README's screenshots, taken from the real pages: a streamed chat reply and the admin cost report.
+"""The screenshots of the README and the docs, taken from the real pages: a streamed chat reply, a code block
+while it streams and once it is finished (docs/decisions/0032), and the admin cost report.
 
 `SCREENSHOTS=update pytest tests/browser/test_screenshots.py` writes them to docs/screenshots/ (committed);
 without it they go to artifacts/screenshots/ (ignored), so an ordinary run leaves the committed files alone.
