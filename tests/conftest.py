@@ -270,6 +270,13 @@ class ChatClient:
         assert match, response.text
         return Message.objects.get(pk=int(match.group(1)))
 
+    def exchange(self, conversation: Conversation | None = None) -> tuple[Message, BrowserStream]:
+        """Ask (in a new conversation by default), read the reply's stream to its end: the reply as stored then."""
+        reply = self.ask(conversation or self.conversation())
+        stream = self.stream(reply)
+        reply.refresh_from_db()
+        return reply, stream
+
     def stream(
         self,
         reply: Message,

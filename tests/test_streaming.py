@@ -111,9 +111,7 @@ def test_it_survives_bytes_split_anywhere_crlf_comments_and_tool_calls(chat: Cha
 
 def test_it_retries_a_429_honouring_retry_after_then_streams(chat: ChatClient, sim) -> None:
     sim.enqueue(Scenario(status=429, retry_after="0.4"), Scenario())
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     first, second = sim.log
     # The server caps waits at CHAT_RETRY_MAX_DELAY=0.5 s; 0.4 s is under the cap and is honoured.
     assert second.received_at - first.received_at >= 0.4
@@ -138,9 +136,7 @@ def test_it_gives_up_after_the_retries_and_says_so(chat: ChatClient, sim, model:
 
 def test_it_does_not_retry_a_bad_key_and_shows_the_providers_message(chat: ChatClient, sim) -> None:
     sim.enqueue(Scenario(status=401, error_message="Incorrect API key provided: sk-live-abcdef123456"))
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     assert len(sim.log) == 1
     assert reply.status == Status.FAILED
     assert reply.error.startswith("The API key was rejected (HTTP 401): Incorrect API key provided")
@@ -151,9 +147,7 @@ def test_it_does_not_retry_a_bad_key_and_shows_the_providers_message(chat: ChatC
 def test_it_reports_a_connection_failure_after_retrying(server_factory, user, sim) -> None:
     closed_port = "http://127.0.0.1:9/v1"
     chat = ChatClient(server_factory(OPENAI_BASE_URL=closed_port), user)
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     assert reply.status == Status.FAILED
     assert reply.error == "Could not connect to the model provider."
     assert stream.names()[-2:] == ["error", "done"]
@@ -188,9 +182,7 @@ def test_a_stream_that_ends_without_its_final_event_is_a_lost_connection(chat: C
 
 def test_a_malformed_event_fails_the_reply_with_the_text_so_far(chat: ChatClient, sim) -> None:
     sim.enqueue(Scenario(malformed_after=3))
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     assert reply.status == Status.FAILED
     assert "malformed" in reply.error
     assert reply.content and stream.text() == reply.content
@@ -198,9 +190,7 @@ def test_a_malformed_event_fails_the_reply_with_the_text_so_far(chat: ChatClient
 
 def test_a_silent_upstream_times_out_with_heartbeats_meanwhile(chat: ChatClient, sim) -> None:
     sim.enqueue(Scenario(silent_after=3))
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     assert reply.status == Status.FAILED
     assert "sent nothing for 1.5 seconds" in reply.error and "timeout" in reply.error
     assert reply.content and stream.text() == reply.content
@@ -212,9 +202,7 @@ def test_a_silent_upstream_times_out_with_heartbeats_meanwhile(chat: ChatClient,
 def test_a_reply_longer_than_the_wall_clock_cap_is_stopped(server_factory, user, sim) -> None:
     chat = ChatClient(server_factory(CHAT_MAX_DURATION="1"), user)
     sim.enqueue(Scenario(tokens=100, interval=0.05))  # 5 s of steady tokens: never idle, but too long
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     assert reply.status == Status.FAILED
     assert "longer than 1 seconds" in reply.error
     assert 0 < len(reply.content) < len(sim.expected_text())
@@ -381,9 +369,7 @@ def test_an_openai_compatible_error_chunk_then_done_fails_the_reply_with_the_ser
     chat: ChatClient, sim, shape: str
 ) -> None:
     sim.enqueue(Scenario(error_after=4, error_shape=shape, error_message="CUDA out of memory"))
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     assert reply.status == Status.FAILED
     assert reply.error == "The model reported an error: CUDA out of memory"
     assert reply.content and sim.expected_text().startswith(reply.content)
@@ -393,9 +379,7 @@ def test_an_openai_compatible_error_chunk_then_done_fails_the_reply_with_the_ser
 
 def test_done_without_a_finish_reason_fails_the_reply_with_the_text_so_far(chat: ChatClient, sim) -> None:
     sim.enqueue(Scenario(omit_finish=True))
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     assert reply.status == Status.FAILED
     assert "ended the stream before the reply was finished" in reply.error
     assert reply.content == sim.expected_text() and stream.text() == reply.content
@@ -459,9 +443,7 @@ def test_event_ids_grow_with_every_event_and_a_reconnect_at_any_of_them_is_exact
 
 def test_an_html_error_page_from_a_proxy_is_shown_as_its_status_and_title(chat: ChatClient, sim) -> None:
     sim.enqueue(Scenario(status=403, html_error=True, error_message="Attention Required! &#124; Cloudflare"))
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     assert reply.status == Status.FAILED
     assert reply.error == "Access to this model was refused (HTTP 403): Attention Required! | Cloudflare"
     assert "Attention Required! | Cloudflare" in stream.events[-1].data and "&lt;" not in stream.events[-1].data

@@ -155,9 +155,7 @@ def test_a_cr_framed_reply_completes_while_upstream_holds_the_connection(
 def test_an_over_limit_event_fails_the_reply_with_the_text_so_far(server_factory, user, sim: FakeUpstream) -> None:
     chat = ChatClient(server_factory(CHAT_MAX_EVENT_BYTES=str(64 * 1024)), user)
     sim.enqueue(Scenario(text="Hello there " + "x" * (1024 * 1024), hold_open=True))
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     assert reply.status == Status.FAILED
     assert "larger than 64 KiB" in reply.error
     assert reply.content == "Hello there " == stream.text()
@@ -170,9 +168,7 @@ def test_a_trickling_upstream_is_cut_by_the_progress_timeout(server_factory, use
     # CHAT_MAX_DURATION is set low so that without a progress timeout the test fails in seconds, not minutes.
     chat = ChatClient(server_factory(CHAT_PROGRESS_TIMEOUT="1", CHAT_MAX_DURATION="6"), user)
     sim.enqueue(Scenario(trickle_after=3))
-    reply = chat.ask(chat.conversation())
-    stream = chat.stream(reply)
-    reply.refresh_from_db()
+    reply, stream = chat.exchange()
     assert reply.status == Status.FAILED
     assert "without completing an event" in reply.error and "timeout" in reply.error
     assert reply.content and stream.text() == reply.content

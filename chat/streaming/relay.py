@@ -210,9 +210,10 @@ def final_events(reply: Message, *, next_id: int, body_shown: bool = False) -> l
 
 
 async def final_events_async(reply: Message, *, next_id: int, body_shown: bool = False) -> list[str]:
-    """final_events; a whole reply's markdown is rendered on a thread, away from the other streams."""
-    if body_shown and len(reply.thinking) <= OFF_LOOP_CHARS:
-        return final_events(reply, next_id=next_id, body_shown=body_shown)
+    """final_events; a whole reply's markdown, when it must go too, is rendered on a thread, away from the
+    other streams."""
+    if body_shown:
+        return final_events(reply, next_id=next_id, body_shown=True)
     return await asyncio.to_thread(final_events, reply, next_id=next_id, body_shown=body_shown)
 
 

@@ -160,8 +160,8 @@ class LiveMarkdown:
     HTML), so every token shows at once. The tail is rendered again when that plain text would read
     otherwise than its markdown: a block starts, its first line completes, or a fence opens or closes (at
     once), or markdown syntax arrived (at most every RENDER_SECONDS, within a budget of work linear in the
-    reply). An open fenced
-    code block is never rendered again: its text is the code; it is highlighted once, when it closes.
+    reply). An open fenced code block is never rendered again: its text is the code; it is highlighted
+    once, when it closes.
 
     A top-level block is final once a complete blank line ends it (a paragraph, heading, table or quote;
     not a list or indented code, which can go on after one), once a later block has started after a blank
@@ -182,8 +182,7 @@ class LiveMarkdown:
         self.dirty = False  # syntax arrived that the page shows as text: render when the cadence allows
         self.rendered_at = float("-inf")
         self.fed = 0  # characters fed in all
-        self.spent = 0  # characters rendered in all for the open blocks
-        self.work = 0  # characters parsed in all, for measuring
+        self.work = 0  # characters parsed in all: held within a budget linear in `fed`
 
     def feed(self, text: str) -> None:
         if not text:
@@ -237,24 +236,23 @@ class LiveMarkdown:
         self.block_starts = blank
 
     def due(self, now: float) -> bool:
-        if len(self.tail) == self.shown and not self.urgent:
-            return False
         if self.urgent:
             return self._affordable(4)  # a structural render; bounded too, for a list of a thousand loose items
-        if self.fence is not None or not self.dirty:
-            return False  # the page's text is what a render would show (code is highlighted when it closes)
-        return now - self.rendered_at >= RENDER_SECONDS and self._affordable(2)
-
-    def _affordable(self, times: int) -> bool:
-        return self.spent + len(self.tail) <= times * self.fed + RENDER_SLACK
+        return self._cadenced() and now - self.rendered_at >= RENDER_SECONDS
 
     def render_in(self, now: float) -> float | None:
         """Seconds until a render that waits only for its cadence is due; None if none waits."""
-        if self.urgent or self.fence is not None or not self.dirty or len(self.tail) == self.shown:
+        if self.urgent or not self._cadenced():
             return None
-        if not self._affordable(2):
-            return None  # over budget: the next render waits for more text
         return max(0.0, self.rendered_at + RENDER_SECONDS - now)
+
+    def _cadenced(self) -> bool:
+        """Syntax arrived that the page shows as text, and the budget allows a render for it. (Not in an open
+        fence: the page's text is what a render would show; code is highlighted when it closes.)"""
+        return self.dirty and self.fence is None and len(self.tail) != self.shown and self._affordable(2)
+
+    def _affordable(self, times: int) -> bool:
+        return self.work + len(self.tail) <= times * self.fed + RENDER_SLACK
 
     def flush(self, *, final: bool = False, now: float = 0.0) -> Render:
         """Render what is due; `final` freezes everything."""
@@ -272,7 +270,6 @@ class LiveMarkdown:
         self.tail = source[offset:]
         self.line_start -= offset
         self.shown = len(self.tail)
-        self.spent += len(source)
         self.urgent = self.dirty = False
         self.rendered_at = now
         rest = "" if open_fence or not tail else self.tail[len(self.tail.rstrip()) :]

@@ -156,10 +156,10 @@ document.addEventListener("htmx:sseError", async (event) => {
   }
 });
 
-// --- the reply as it streams (chat/streaming/relay.py): a text event's new text (type "message") is appended, as text,
-// to the open block, so every token shows the moment it arrives; a `render` event puts the server's
-// sanitised markdown in place: finished blocks appended once, the open tail replaced. `done` brings the
-// finished message, whose body is the one already on the page when the stream rendered it. ---
+// --- the reply as it streams (chat/streaming/relay.py): a text event's new text (type "message") is
+// appended, as text, to the open block, so every token shows the moment it arrives; a `render` event puts
+// the server's sanitised markdown in place: finished blocks appended once, the open tail replaced. `done`
+// brings the finished message, whose body is the one already on the page when the stream rendered it. ---
 const BLOCK = new Set(["DIV", "PRE", "UL", "OL", "LI", "BLOCKQUOTE", "TABLE", "THEAD", "TBODY", "TR", "TD", "TH",
   "P", "H1", "H2", "H3", "H4", "H5", "H6"]);
 function openBlock(tail) {
@@ -202,27 +202,23 @@ function queueText(live, text) {
     if (waiting && live.isConnected) append(live, openBlock(live.querySelector(".tail")), waiting);
   });
 }
-function streamed(live, type, data) {
-  const blocks = live.querySelector("[id^='blocks-']");
-  const tail = live.querySelector(".tail");
-  if (type === "message") {
-    queueText(live, data);
-    return;
-  }
+function rendered(live, data) {
   if (queued.has(live)) queued.set(live, ""); // the render has it
   // A line of JSON, then HTML: the finished blocks and the tail, after the first `same` characters of the
   // last render, which they start with (only what changed is sent); the tail starts at `cut`.
   const line = data.indexOf("\n");
   const head = JSON.parse(data.slice(0, line));
   const whole = (tails.get(live) || "").slice(0, head.same) + data.slice(line + 1);
-  const finished = whole.slice(0, head.cut);
+  const final = whole.slice(0, head.cut);
   const open = whole.slice(head.cut);
   tails.set(live, open);
   // The render stands for the text added since the last one.
   for (const node of appended.get(live) || []) node.remove();
   appended.delete(live);
+  const blocks = live.querySelector("[id^='blocks-']");
+  const tail = live.querySelector(".tail");
   if (head.replace) blocks.replaceChildren();
-  if (finished) blocks.append(fragment(finished));
+  if (final) blocks.append(fragment(final));
   tail.replaceChildren(fragment(open));
   if (head.rest) append(live, openBlock(tail), head.rest); // the space before the next word
 }
@@ -244,9 +240,12 @@ document.addEventListener("htmx:sseBeforeMessage", (event) => {
   const type = event.detail.type;
   const live = event.target.closest(".live");
   if (!live) return;
-  if (type === "message" || type === "render") {
+  if (type === "message") {
     event.preventDefault(); // ours, not a swap
-    streamed(live, type, event.detail.data);
+    queueText(live, event.detail.data);
+  } else if (type === "render") {
+    event.preventDefault();
+    rendered(live, event.detail.data);
   } else if (type === "done") {
     event.preventDefault();
     finished(live, event.detail.data);
@@ -254,6 +253,7 @@ document.addEventListener("htmx:sseBeforeMessage", (event) => {
     // The stream starts over (its worker restarted): empty the bubble; the next events refill it.
     if (queued.has(live)) queued.set(live, "");
     tails.delete(live);
+    appended.delete(live);
     for (const part of live.querySelectorAll(".thinking-text, .content > div, .notice, .error")) part.replaceChildren();
   }
 });
