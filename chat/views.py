@@ -42,7 +42,7 @@ def page_context(request: HttpRequest, conversation: Conversation | None = None,
 
 
 def conversation_context(request: HttpRequest, conversation: Conversation, form: MessageForm | None = None) -> dict:
-    chat_messages = list(conversation.messages.all())
+    chat_messages = list(conversation.messages.shown())
     return page_context(
         request,
         conversation,
@@ -162,7 +162,7 @@ def conversation_updates(request: HttpRequest, conversation_id: int) -> HttpResp
     """Polled by every open tab: messages another tab (or device) added since the newest one shown."""
     conversation = users_conversation(request, conversation_id)
     after = int(request.GET["after"]) if request.GET.get("after", "").isdigit() else 0
-    new = list(conversation.messages.filter(pk__gt=after))
+    new = list(conversation.messages.shown().filter(pk__gt=after))
     return render(request, f"{PAGE}#updates_response", {"conversation": conversation, "new_messages": new})
 
 

@@ -41,6 +41,10 @@ class MessageQuerySet(models.QuerySet["Message"]):
     def replies(self) -> MessageQuerySet:
         return self.filter(role=Role.ASSISTANT)
 
+    def shown(self) -> MessageQuerySet:
+        """Not hidden by an edit: what the user sees, and what a model is sent."""
+        return self.filter(hidden_at__isnull=True)
+
     def stale_streaming(self, *, older_than: timedelta) -> MessageQuerySet:
         return self.filter(status=Status.STREAMING, checkpoint_at__lt=timezone.now() - older_than)
 
@@ -81,6 +85,11 @@ class Message(models.Model):
     # the first reply), and the last checkpoint, which tells a live reply from one a dead process left.
     request_key = models.CharField(max_length=64, blank=True, default="")
     checkpoint_at = models.DateTimeField(null=True, blank=True)
+    # How long the model thought before it wrote (the page's "Thought for N s").
+    thinking_ms = models.PositiveIntegerField(null=True, blank=True)
+    # Set when the user edits an earlier question: this message and all after it leave the page and the
+    # prompt, and stay, with their costs, for the admin, the reports and the budget (as deleting a chat does).
+    hidden_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = MessageQuerySet.as_manager()
 
@@ -100,7 +109,7 @@ class Message(models.Model):
     @cached_property
     def question(self) -> Message | None:
         """The user's message this reply answers (Conversation.ask sets it, saving the query)."""
-        return self.conversation.messages.filter(role=Role.USER, pk__lt=self.pk).last()
+        return self.conversation.messages.shown().filter(role=Role.USER, pk__lt=self.pk).last()
 
     @property
     def is_finished(self) -> bool:
@@ -231,7 +240,7 @@ class Message(models.Model):
 
     def prompt(self) -> Prompt:
         """The turns before this reply, as a provider needs them, and the conversation's system prompt."""
-        earlier = Message.objects.filter(conversation_id=self.conversation_id, pk__lt=self.pk).order_by("pk")
+        earlier = Message.objects.shown().filter(conversation_id=self.conversation_id, pk__lt=self.pk).order_by("pk")
         # The system prompt rides along on every row: one query instead of two on the way to the first token.
         rows: list[tuple[str | None, str | None, str]] = list(
             earlier.values_list("role", "content", "conversation__system_prompt")
@@ -266,6 +275,7 @@ SELECT earlier.role, earlier.content, conversation.system_prompt, {claimed}
 FROM claimed
 JOIN chat_conversation conversation ON conversation.id = claimed.conversation_id
 LEFT JOIN chat_message earlier ON earlier.conversation_id = claimed.conversation_id AND earlier.id < claimed.id
+    AND earlier.hidden_at IS NULL
 ORDER BY earlier.id
 """
 
