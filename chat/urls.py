@@ -16,6 +16,7 @@ urlpatterns = [
     path("<int:conversation_id>/rename/", views.rename_conversation, name="rename"),
     path("<int:conversation_id>/delete/", views.delete_conversation, name="delete"),
     path("<int:conversation_id>/settings/", views.conversation_settings, name="settings"),
+    path("messages/<int:message_id>/edit/", views.edit_message, name="edit"),
     path("replies/<int:message_id>/stream/", views.stream_reply, name="stream"),
     path("replies/<int:message_id>/stop/", views.stop_reply, name="stop"),
     path("replies/<int:message_id>/regenerate/", views.regenerate_reply, name="regenerate"),

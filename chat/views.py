@@ -16,7 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat.costs import limits
 from chat.forms import MessageForm, NewConversationForm, RenameForm, SettingsForm
-from chat.models import Conversation, Message, NotTheLatestReply
+from chat.models import Conversation, Message, NotTheLatestReply, ReplyInProgress, Role
 from chat.sidebar import BadPosition, Sidebar
 from chat.streaming import admission, catalog, control, relay, sse
 
@@ -59,9 +59,12 @@ def exchange(
     *,
     form: MessageForm | None,
     spend: limits.Spend | None = None,
+    hidden: list[int] | None = None,
 ) -> HttpResponse:
-    """A question and its new reply, for an htmx request that added them."""
-    context = page_context(request, conversation, question=reply.question, reply=reply, form=form, spend=spend)
+    """A question and its new reply, for an htmx request that added them (and took `hidden` off the page)."""
+    context = page_context(
+        request, conversation, question=reply.question, reply=reply, form=form, spend=spend, hidden=hidden or []
+    )
     return render(request, f"{PAGE}#exchange", context)
 
 
@@ -229,6 +232,31 @@ def continue_reply(request: HttpRequest, message_id: int) -> HttpResponse:
         Conversation.continue_after,
         lambda conversation, new_reply: exchange(request, conversation, new_reply, form=None),
     )
+
+
+@admission.refuse_when_busy
+@login_required
+@require_POST
+def edit_message(request: HttpRequest, message_id: int) -> HttpResponse:
+    """Edit one of the user's questions: ask the new text in its place; what followed leaves the page."""
+    question = get_object_or_404(
+        Message.objects.for_user(request.user).shown().filter(role=Role.USER).select_related("conversation"),
+        pk=message_id,
+    )
+    conversation = question.conversation
+    form = MessageForm(request.POST)
+    if not form.is_valid():
+        message = " ".join(error for errors in form.errors.values() for error in errors)
+        return page_notice(request, conversation, f"{message} Your edit was not sent.", status=400)
+    if refusal := limits.refusal(request.user):
+        return refused(request, refusal, conversation)
+    try:
+        reply, hidden = conversation.edit(question, form.cleaned_data["text"])
+    except ReplyInProgress as exc:
+        return page_notice(request, conversation, str(exc), status=409)
+    if not request.htmx:
+        return redirect("chat:conversation", conversation_id=conversation.pk)
+    return exchange(request, conversation, reply, form=None, hidden=hidden)
 
 
 @login_required

@@ -41,6 +41,7 @@ def test_it_streams_an_openai_reply_and_stores_usage_and_cost(chat: ChatClient, 
     reply.refresh_from_db()
 
     assert stream.status == 200
+    assert reply.thinking_ms is None  # it did not think
     assert stream.headers["content-type"].startswith("text/event-stream")
     assert stream.headers["cache-control"] == "no-cache"
     assert stream.headers["x-accel-buffering"] == "no"
@@ -86,6 +87,8 @@ def test_it_streams_an_anthropic_reply_with_thinking_and_cache_tokens(chat: Chat
     assert reply.status == Status.COMPLETED
     assert reply.stop_reason == "end_turn"
     assert reply.thinking == "Weighing it… 世界" == stream.thinking()
+    # From the first thought to the first word of the answer, within the reply's own time.
+    assert reply.thinking_ms is not None and 0 <= reply.thinking_ms <= reply.duration_ms
     assert_seen_equals_stored(stream, reply)
     assert reply.input_tokens == 30 + 2000 + 500
     assert (reply.cache_read_tokens, reply.cache_write_tokens, reply.output_tokens) == (2000, 500, 77)

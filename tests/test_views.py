@@ -339,10 +339,14 @@ def test_a_normal_stop_is_not_shown_and_the_demo_model_is_labelled(client, conve
     assert "Demo model (offline, no API key)" in html  # in the picker
 
 
-def test_thinking_is_in_a_collapsed_section(client, conversation) -> None:
-    exchange(conversation, "a", "b", thinking="Hmm <think>")
+def test_thinking_is_in_a_collapsed_section_that_says_how_long_it_took(client, conversation) -> None:
+    exchange(conversation, "a", "b", thinking="Hmm <think>", thinking_ms=4400)
+    exchange(conversation, "c", "d", thinking="Quick", thinking_ms=300)
+    exchange(conversation, "e", "f", thinking="From before the figure was stored")
     html = client.get(f"/chat/{conversation.pk}/").content.decode()
-    assert '<details class="thinking"><summary>Thinking</summary>' in html and "Hmm &lt;think&gt;" in html
+    assert '<details class="thinking"><summary>Thought for 4 s</summary>' in html and "Hmm &lt;think&gt;" in html
+    assert "<summary>Thought for 1 s</summary>" in html  # never "0 s" once it thought
+    assert "<summary>Thoughts</summary>" in html  # no duration stored: no made-up figure
 
 
 def test_the_demo_login_exists_only_in_debug(settings) -> None:

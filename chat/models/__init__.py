@@ -1,7 +1,14 @@
 """The app's models, one module per job; everything the rest of the app uses is importable from here."""
 
 from chat.models.choices import FINISHED, WITHOUT_COST, Role, Status, UsageSource
-from chat.models.conversation import CONTINUE_PROMPT, Conversation, ConversationQuerySet, NotTheLatestReply, title_from
+from chat.models.conversation import (
+    CONTINUE_PROMPT,
+    Conversation,
+    ConversationQuerySet,
+    NotTheLatestReply,
+    ReplyInProgress,
+    title_from,
+)
 from chat.models.message import Message, MessageQuerySet
 from chat.models.prices import ModelPrice, SpendingLimit
 from chat.models.prompts import Prompt, latest_answers, prompt_from, turns_from
@@ -17,6 +24,7 @@ __all__ = [
     "ModelPrice",
     "NotTheLatestReply",
     "Prompt",
+    "ReplyInProgress",
     "Role",
     "SpendingLimit",
     "Status",

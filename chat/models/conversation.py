@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from chat.models.choices import Role, Status
+from chat.models.choices import FINISHED, Role, Status
 from chat.models.message import Message
 
 if TYPE_CHECKING:
@@ -51,6 +51,10 @@ class ConversationQuerySet(models.QuerySet["Conversation"]):
 
 class NotTheLatestReply(Exception):
     """Retry, Regenerate and Continue act on the conversation's last message only."""
+
+
+class ReplyInProgress(Exception):
+    """An edit waits until no reply of the conversation is being written."""
 
 
 # What Continue sends as the user's turn: providers want a user turn before each reply.
@@ -123,6 +127,19 @@ class Conversation(models.Model):
         latest = self.messages.order_by("-pk").first()
         if latest is None or latest.pk != reply.pk or reply.role != Role.ASSISTANT or not latest.is_finished:
             raise NotTheLatestReply("Only the latest finished reply can be retried, regenerated or continued.")
+
+    def edit(self, question: Message, text: str) -> tuple[Message, list[int]]:
+        """Ask `text` in place of `question`: the question and all that followed leave the page and the
+        prompt (hidden, kept with their costs, as `remove` keeps a conversation). Returns the new reply and
+        the ids of the messages hidden."""
+        with transaction.atomic():
+            later = self.messages.shown().filter(pk__gte=question.pk)
+            if later.filter(role=Role.ASSISTANT).exclude(status__in=FINISHED).exists():
+                raise ReplyInProgress("A reply is still being written: press Stop, or wait for it, then edit.")
+            hidden = list(later.values_list("pk", flat=True))
+            later.update(hidden_at=timezone.now())
+            reply = self.ask(text=text)
+        return reply, hidden
 
     def ask(self, *, text: str, model: str | None = None, request_key: str = "") -> Message:
         """Store the user's message and a queued reply in one transaction; a repeated request_key

@@ -129,6 +129,11 @@ class Message(models.Model):
         return "" if self.stop_reason in NORMAL_STOP_REASONS else self.stop_reason
 
     @property
+    def thinking_seconds(self) -> int | None:
+        """Whole seconds of thinking, as the page says it ("Thought for N s"); at least 1 once it thought."""
+        return None if self.thinking_ms is None else max(1, round(self.thinking_ms / 1000))
+
+    @property
     def tokens_per_second(self) -> float | None:
         """Output speed after the first token: output tokens over the time spent writing them."""
         if self.output_tokens is None or self.ttft_ms is None or self.duration_ms is None:
@@ -209,6 +214,7 @@ class Message(models.Model):
         error: str = "",
         ttft_ms: int | None = None,
         duration_ms: int | None = None,
+        thinking_ms: int | None = None,
     ) -> bool:
         """Close the reply once; False (and nothing written) when it was already closed elsewhere."""
         usage = usage or Usage(source=UsageSource.UNKNOWN)
@@ -227,6 +233,7 @@ class Message(models.Model):
             "error": error,
             "ttft_ms": ttft_ms,
             "duration_ms": duration_ms,
+            "thinking_ms": thinking_ms,
             "finished_at": timezone.now(),
         }
         closed = Message.objects.filter(pk=self.pk, status__in=[Status.QUEUED, Status.STREAMING]).update(**values)

@@ -64,6 +64,9 @@ class Generation(LiveReply):
         self.stop_reason = ""
         self.started = time.monotonic()
         self.first_token_at: float | None = None
+        # When the model started thinking, and when it started writing after that ("Thought for N s").
+        self.thinking_from: float | None = None
+        self.thinking_until: float | None = None
         self.saved_version = 0  # parts already in the row's last checkpoint
         self.checkpoint_due = float("inf")
         self._flush_timer: asyncio.TimerHandle | None = None
@@ -82,6 +85,10 @@ class Generation(LiveReply):
         if self.first_token_at is None:
             self.first_token_at = time.monotonic()
             self.prompt = None
+        if kind == THINKING and self.thinking_from is None:
+            self.thinking_from = time.monotonic()
+        elif kind == TEXT and self.thinking_from is not None and self.thinking_until is None:
+            self.thinking_until = time.monotonic()
         self.parts.append(text)
         self.kinds.append(kind)
         for waker in self.watchers:
@@ -223,6 +230,9 @@ class Generation(LiveReply):
                 error=error,
                 ttft_ms=None if self.first_token_at is None else round((self.first_token_at - self.started) * 1000),
                 duration_ms=round((now - self.started) * 1000),
+                thinking_ms=None
+                if self.thinking_from is None
+                else round(((self.thinking_until or now) - self.thinking_from) * 1000),
             )
 
         try:

@@ -1,5 +1,6 @@
-// Only what htmx cannot express: the keyboard, the scroll position, copying, and telling the user
-// when the session expired. No inline handlers anywhere (the Content-Security-Policy forbids them).
+// Only what htmx cannot express: the keyboard, the scroll position, copying, editing a question, the
+// conversations drawer on a phone, and telling the user when the session expired. No inline handlers
+// anywhere (the Content-Security-Policy forbids them).
 "use strict";
 document.documentElement.classList.add("js");
 
@@ -19,29 +20,50 @@ function say(message) {
   }
 }
 
-// Send is unavailable while a send is in flight (hx-disabled-elt) or a reply is being written.
+// While a reply is being written, Stop stands where Send was (Send is also unavailable while a send is
+// in flight: hx-disabled-elt). Focus on the one that leaves moves to the one that comes.
 function syncBusy() {
   const form = composer();
   const send = form && form.querySelector(".send");
-  if (!send || !form.matches("[hx-post]")) return;
+  const stop = form && form.querySelector(".stop-send");
+  if (!send || !stop || !form.matches("[hx-post]")) return;
   const busy = Boolean(liveReply());
-  send.disabled = busy;
-  send.title = busy ? "Wait for the reply to finish, or press Stop (Esc)" : "Send (Enter)";
+  if (send.hidden === busy && stop.hidden === !busy) return;
+  const hadFocus = document.activeElement === (busy ? send : stop);
+  send.hidden = busy;
+  stop.hidden = !busy;
+  if (hadFocus) (busy ? stop : send).focus();
 }
+function stopReply() {
+  const form = liveReply() && liveReply().querySelector("form.stop");
+  if (!form) return false;
+  form.requestSubmit(); // htmx posts it; the reply's own stream brings the stopped bubble
+  return true;
+}
+document.addEventListener("click", (event) => {
+  if (event.target instanceof Element && event.target.closest("#composer .stop-send")) stopReply();
+});
 
-// --- keyboard: Enter sends, Shift+Enter is a newline, Esc stops the reply being written ---
+// --- keyboard: Enter sends, Shift+Enter is a newline, Esc stops the reply being written (or closes
+// the drawer, or cancels an edit) ---
 document.addEventListener("keydown", (event) => {
   const box = event.target;
-  if (event.key === "Escape" && liveReply()) {
-    const stop = liveReply().querySelector(".stop-button");
-    if (stop) { event.preventDefault(); stop.click(); }
+  if (event.key === "Escape") {
+    if (drawerOpen()) { event.preventDefault(); setDrawer(false); return; }
+    const editing = box instanceof Element && box.closest(".edit-form");
+    if (editing) { event.preventDefault(); closeEdit(editing); return; }
+    if (liveReply() && stopReply()) event.preventDefault();
     return;
   }
   if (event.key !== "Enter" || event.shiftKey || event.isComposing || !(box instanceof HTMLTextAreaElement)) return;
-  if (!box.form || box.form.id !== "composer") return;
+  if (!box.form || !(box.form.id === "composer" || box.form.classList.contains("edit-form"))) return;
   event.preventDefault();
-  const send = box.form.querySelector(".send");
-  if (!box.value.trim() || (send && send.disabled) || box.form.classList.contains("htmx-request")) return;
+  const send = box.form.querySelector("button[type='submit']");
+  if (!box.value.trim() || (send && (send.disabled || send.hidden)) || box.form.classList.contains("htmx-request")) return;
+  if (box.form.id === "composer" && liveReply()) {
+    say("A reply is still being written: press Stop (or Esc) first, then send.");
+    return;
+  }
   box.form.requestSubmit();
 });
 
@@ -86,18 +108,111 @@ async function copyText(text) {
     area.remove();
   }
 }
+// A code block copies its code; a message copies its source: a reply's markdown, a question's text.
 document.addEventListener("click", async (event) => {
-  const button = event.target instanceof Element && event.target.closest(".copy-code, .copy-reply");
+  const button = event.target instanceof Element && event.target.closest(".copy-code, .copy-message");
   if (!button) return;
-  const source = button.classList.contains("copy-code")
-    ? button.closest(".code-block").querySelector("code")
-    : document.querySelector(button.dataset.copy);
-  if (!source) return;
-  await copyText(source.innerText);
+  const code = button.classList.contains("copy-code") && button.closest(".code-block").querySelector("code");
+  const text = code ? code.innerText : button.dataset.source;
+  if (text === undefined) return;
+  await copyText(text);
   const label = button.textContent;
   button.textContent = "Copied";
   setTimeout(() => { button.textContent = label; }, 1500);
 });
+
+// --- editing a question: its bubble becomes a box with the text; sending it asks again from there
+// (the server hides the question and what followed, and the answer takes them off the page) ---
+function openEdit(button) {
+  const article = button.closest("article.message");
+  if (!article || article.querySelector(".edit-form")) return;
+  const form = document.createElement("form");
+  form.className = "edit-form";
+  form.method = "post";
+  form.action = button.dataset.editUrl;
+  form.setAttribute("hx-post", button.dataset.editUrl);
+  form.setAttribute("hx-target", "#messages");
+  form.setAttribute("hx-swap", "beforeend");
+  form.setAttribute("hx-disabled-elt", "find button");
+  const label = document.createElement("label");
+  label.className = "visually-hidden";
+  label.textContent = "Edit your message";
+  label.htmlFor = `edit-${article.id}`;
+  const area = document.createElement("textarea");
+  area.id = label.htmlFor;
+  area.name = "text";
+  area.rows = 3;
+  area.value = button.dataset.source;
+  const row = document.createElement("div");
+  row.className = "edit-actions";
+  const cancel = document.createElement("button");
+  cancel.type = "button";
+  cancel.className = "button quiet edit-cancel";
+  cancel.textContent = "Cancel";
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.className = "button primary";
+  save.textContent = "Save and send";
+  row.append(cancel, save);
+  form.append(label, area, row);
+  article.classList.add("editing");
+  article.append(form);
+  htmx.process(form);
+  area.focus();
+  area.setSelectionRange(area.value.length, area.value.length);
+}
+function closeEdit(form) {
+  const article = form.closest("article.message");
+  form.remove();
+  if (!article) return;
+  article.classList.remove("editing");
+  const edit = article.querySelector(".edit-message");
+  if (edit) edit.focus();
+}
+document.addEventListener("click", (event) => {
+  const target = event.target instanceof Element ? event.target : null;
+  if (!target) return;
+  const edit = target.closest(".edit-message");
+  if (edit) { openEdit(edit); return; }
+  const cancel = target.closest(".edit-cancel");
+  if (cancel) closeEdit(cancel.closest(".edit-form"));
+});
+
+// --- the conversations drawer, below 48rem: focus moves into it; Esc, a tap outside it or choosing a
+// conversation closes it; the chat behind it is inert meanwhile ---
+const narrow = window.matchMedia("(max-width: 48rem)");
+const drawerButton = () => document.querySelector(".drawer-button");
+function drawerOpen() {
+  const app = document.querySelector(".app");
+  return Boolean(app && app.classList.contains("drawer-open"));
+}
+function setDrawer(open) {
+  const app = document.querySelector(".app");
+  const nav = document.getElementById("sidebar");
+  const button = drawerButton();
+  if (!app || !nav) return;
+  app.classList.toggle("drawer-open", open);
+  if (button) button.setAttribute("aria-expanded", String(open));
+  const main = document.getElementById("main");
+  if (main) main.inert = open;
+  if (open) {
+    const first = nav.querySelector("input[type='search'], [aria-current='page'], a[href], button");
+    if (first) first.focus();
+  } else if (button && nav.contains(document.activeElement)) {
+    button.focus();
+  }
+}
+document.addEventListener("click", (event) => {
+  const target = event.target instanceof Element ? event.target : null;
+  if (!target) return;
+  if (target.closest(".drawer-button")) { setDrawer(!drawerOpen()); return; }
+  if (drawerOpen() && (!target.closest("#sidebar") || target.closest("#sidebar a[href]"))) {
+    // A tap outside (on the dimmed chat) closes it; so does following a link in it.
+    if (!target.closest("#sidebar")) event.preventDefault();
+    setDrawer(false);
+  }
+}, true);
+narrow.addEventListener("change", () => { if (!narrow.matches && drawerOpen()) setDrawer(false); });
 
 // --- the session: an expired one gets a login prompt, never a login page in a bubble ---
 function promptLogin() {
@@ -222,6 +337,14 @@ function rendered(live, data) {
   tail.replaceChildren(fragment(open));
   if (head.rest) append(live, openBlock(tail), head.rest); // the space before the next word
 }
+// "Thinking…" while the model thinks; "Thought for N s" once it writes (done brings the stored figure).
+function thoughtDone(live) {
+  const from = Number(live.dataset.thinkingFrom);
+  if (!from || live.dataset.thought) return;
+  live.dataset.thought = "1";
+  const summary = live.querySelector(".thinking > summary");
+  if (summary) summary.textContent = `Thought for ${Math.max(1, Math.round((performance.now() - from) / 1000))} s`;
+}
 function finished(live, html) {
   const article = live.closest("article.message");
   const message = fragment(html).querySelector("article.message");
@@ -242,13 +365,17 @@ document.addEventListener("htmx:sseBeforeMessage", (event) => {
   if (!live) return;
   if (type === "message") {
     event.preventDefault(); // ours, not a swap
+    thoughtDone(live);
     queueText(live, event.detail.data);
   } else if (type === "render") {
     event.preventDefault();
+    thoughtDone(live);
     rendered(live, event.detail.data);
   } else if (type === "done") {
     event.preventDefault();
     finished(live, event.detail.data);
+  } else if (type === "thinking") {
+    if (!live.dataset.thinkingFrom) live.dataset.thinkingFrom = String(performance.now());
   } else if (type === "reset") {
     // The stream starts over (its worker restarted): empty the bubble; the next events refill it.
     if (queued.has(live)) queued.set(live, "");
@@ -339,7 +466,9 @@ document.addEventListener("htmx:sseOpen", clearRestarting);
 
 // --- sending: the typed text stays in the box unless the message was accepted ---
 document.addEventListener("htmx:beforeRequest", (event) => {
-  if (event.detail.elt.id !== "composer") return;
+  const elt = event.detail.elt;
+  if (elt.classList.contains("edit-form")) { say(""); pinned = true; ourTop = -1; return; }
+  if (elt.id !== "composer") return;
   if (!restartSaid) say(""); // a retry keeps saying why until an answer comes
   pinned = true;
   ourTop = -1;
