@@ -101,7 +101,7 @@ def test_table_alignment_is_a_class_because_the_policy_forbids_inline_styles() -
 def test_a_code_block_is_highlighted_labelled_and_has_a_copy_button() -> None:
     html = render_markdown('```python\nprint("<hi>")\n```')
     assert '<span class="code-lang">python</span>' in html
-    assert '<button type="button" class="copy-code">Copy</button>' in html
+    assert '<button type="button" class="copy-code" aria-label="Copy code">Copy</button>' in html
     assert '<code class="language-python"><span class="nb">print</span>' in html
     assert "&lt;hi&gt;" in html
 

@@ -60,7 +60,7 @@ def _code_block(self: Any, tokens: list[Token], idx: int, options: Any, env: Any
     code = mark_safe(highlight(token.content, lexer, _FORMATTER)) if lexer else token.content  # noqa: S308
     return format_html(
         '<div class="code-block"><div class="code-head"><span class="code-lang">{}</span>'
-        '<button type="button" class="copy-code">Copy</button></div>'
+        '<button type="button" class="copy-code" aria-label="Copy code">Copy</button></div>'
         "<pre>{}</pre></div>\n",
         language or "text",
         format_html('<code class="language-{}">{}</code>', language, code)

@@ -191,6 +191,7 @@ function setDrawer(open) {
   const nav = document.getElementById("sidebar");
   const button = drawerButton();
   if (!app || !nav) return;
+  app.classList.add("drawer-used");
   app.classList.toggle("drawer-open", open);
   if (button) button.setAttribute("aria-expanded", String(open));
   const main = document.getElementById("main");

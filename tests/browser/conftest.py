@@ -56,12 +56,20 @@ class Tab:
         return path
 
 
+# What Chromium logs for anything the Content-Security-Policy refused (an inline style, a script, a load).
+CSP_VIOLATION = "Content Security Policy"
+
+
+def csp_violations(tab: Tab) -> list[str]:
+    return [error for error in tab.errors if CSP_VIOLATION in error]
+
+
 def new_tab(chromium: Any, server: LiveServer, user: Any, **options: Any) -> Iterator[Tab]:
+    """A logged-in tab; when it closes, the page must have logged no Content-Security-Policy violation."""
     client = Client()
     client.force_login(user)
-    context = chromium.new_context(
-        viewport={"width": 1200, "height": 800}, permissions=["clipboard-read", "clipboard-write"], **options
-    )
+    options.setdefault("viewport", {"width": 1200, "height": 800})
+    context = chromium.new_context(permissions=["clipboard-read", "clipboard-write"], **options)
     context.add_cookies([{"name": "sessionid", "value": client.cookies["sessionid"].value, "url": server.url}])
     tab = Tab(page=context.new_page(), server=server)
     tab.page.on("request", lambda request: tab.requests.append(request.url))
@@ -71,11 +79,20 @@ def new_tab(chromium: Any, server: LiveServer, user: Any, **options: Any) -> Ite
     yield tab
     context.close()  # closes the page's streams, as a closed tab does
     wait_until_settled()
+    assert not csp_violations(tab), f"the page broke its own Content-Security-Policy: {csp_violations(tab)}"
 
 
 @pytest.fixture
 def tab(chromium: Any, asgi_server: LiveServer, user: Any) -> Iterator[Tab]:
     yield from new_tab(chromium, asgi_server, user)
+
+
+@pytest.fixture
+def phone_tab(chromium: Any, asgi_server: LiveServer, user: Any) -> Iterator[Tab]:
+    """A 390 by 844 touch screen, as a phone's browser reports itself."""
+    yield from new_tab(
+        chromium, asgi_server, user, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
 
 
 @pytest.fixture

@@ -178,8 +178,12 @@ def test_stop_closes_the_upstream_request_and_keeps_the_partial_reply(tab: Tab, 
     sim.enqueue(Scenario(tokens=400, interval=0.02))
     open_and_send(tab, user, "Count slowly")
     wait_until(tab, f"{REPLY_LENGTH} > 60")
-    assert tab.page.locator("#composer .send").is_disabled()  # one reply at a time
-    tab.page.locator("#messages .stop-button").click()
+    # Stop stands where Send was, one reply at a time; Send comes back when the reply ends.
+    composer = tab.page.locator("#composer")
+    assert composer.get_by_role("button", name="Send").count() == 0
+    stop = tab.page.get_by_role("button", name="Stop")
+    assert stop.bounding_box() == tab.page.locator("#composer .composer-box button:visible").bounding_box()
+    stop.click()
     stopped = reply_locator(tab, "cancelled")
     stopped.wait_for()
     [request] = sim.wait_for(lambda log: log and log[0].closed_at is not None)
@@ -189,7 +193,8 @@ def test_stop_closes_the_upstream_request_and_keeps_the_partial_reply(tab: Tab, 
     assert 0 < len(reply.content) < len(sim.expected_text(Scenario(tokens=400)))
     assert "Stopped." in stopped.locator(".notice.stopped").inner_text()
     assert stopped.locator(".content").inner_text().strip() == reply.content.strip()
-    assert tab.page.locator("#composer .send").is_enabled()
+    assert composer.get_by_role("button", name="Send").is_enabled()
+    assert tab.page.get_by_role("button", name="Stop").count() == 0
     tab.screenshot("4-stopped")
 
 
@@ -255,7 +260,9 @@ def test_a_mid_stream_error_shows_the_partial_text_and_the_error_and_retry_works
     retry_request = sim.log[1].body["messages"]
     assert retry_request[-1] == {"role": "user", "content": "Try your best"}  # the failed partial is left out
     assert Message.objects.filter(role=Role.ASSISTANT).count() == 2
-    assert tab.page.locator("#messages .reply-actions:visible").count() == 1  # only the latest reply has actions
+    # Only the latest reply can be retried or regenerated; every message can be copied.
+    assert tab.page.get_by_role("button", name=re.compile("^(Retry|Regenerate)$")).count() == 1
+    assert tab.page.get_by_role("button", name="Copy", exact=True).count() == 3
 
 
 def test_a_reply_cut_off_at_the_token_limit_says_so_and_can_be_continued(tab: Tab, user, sim) -> None:
