@@ -35,7 +35,8 @@ class MessageForm(forms.Form):
         limit = settings.CHAT_MAX_MESSAGE_CHARS
         if len(text) > limit:
             raise forms.ValidationError(
-                f"That message is too long: {len(text):,} characters, and the limit is {limit:,}."
+                f"That message is too long: {len(text):,} characters, and the limit is {limit:,}. "
+                "Shorten it, then press Send."
             )
         return text
 
@@ -45,7 +46,7 @@ class MessageForm(forms.Form):
 
 def offered(model: str) -> str:
     if model and not catalog.is_offered(model):
-        raise forms.ValidationError("That model is not available here.")
+        raise forms.ValidationError("That model is not available here: choose another one from the list.")
     return model
 
 

@@ -37,7 +37,7 @@ def post(client: Client, conversation: Conversation, **data: str):
         ("", "", "Type a message first."),
         ("   \n\t ", "", "Type a message first."),
         ("x" * 32001, "", "That message is too long: 32,001 characters, and the limit is 32,000."),
-        ("hello", "openai:gpt-5-secret", "That model is not available here."),
+        ("hello", "openai:gpt-5-secret", "That model is not available here: choose another one from the list."),
     ],
 )
 def test_it_refuses_bad_input_clearly_and_stores_nothing(client, conversation, text, model, error) -> None:

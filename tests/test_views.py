@@ -423,3 +423,25 @@ def test_a_double_submit_of_the_first_pages_question_starts_one_conversation(cli
     assert first["Location"] == second["Location"]
     [conversation] = Conversation.objects.for_user(owner).exclude(title="")
     assert [m.role for m in conversation.messages.all()] == [Role.USER, Role.ASSISTANT]
+
+
+def test_error_pages_say_what_happened_and_what_to_press(client, conversation, django_user_model) -> None:
+    stranger = Client()
+    stranger.force_login(django_user_model.objects.create_user(username="stranger"))
+    missing = stranger.get(f"/chat/{conversation.pk}/")  # someone else's conversation: not found
+    page = missing.content.decode()
+    assert missing.status_code == 404 and "That page isn’t here" in page
+    assert '<a class="button primary" href="/chat/">Go to your chats</a>' in page
+    assert str(conversation) not in page
+    checked = Client(enforce_csrf_checks=True)
+    checked.force_login(conversation.user)
+    refused = checked.post(f"/chat/{conversation.pk}/messages/", {"text": "hi"})
+    assert refused.status_code == 403 and "This page is out of date" in refused.content.decode()
+    assert "Reload your chats" in refused.content.decode()
+
+
+def test_the_server_error_page_renders_without_a_request_context(rf) -> None:
+    from django.views.defaults import server_error
+
+    page = server_error(rf.get("/chat/")).content.decode()
+    assert "Something went wrong on our side" in page and 'href="/chat/">Reload your chats</a>' in page

@@ -456,7 +456,7 @@ document.addEventListener("htmx:sendError", (event) => {
   }
   sendRetries = 0;
   restartSaid = false;
-  say("Could not reach the server. Your message is still in the box; try again.");
+  say("Could not reach the server. Your message is still in the box: press Send to try again.");
 });
 // Any answer at all means somebody listens again (before the answer's own message is shown).
 document.addEventListener("htmx:beforeOnLoad", (event) => {
@@ -485,8 +485,8 @@ document.addEventListener("htmx:responseError", (event) => {
   if (xhr.status < 500) return;
   const wait = xhr.status === 503 && xhr.getResponseHeader("Retry-After");
   say(wait
-    ? `The server is busy. Your message is still in the box; try again in ${wait} s.`
-    : `The server had a problem (${xhr.status}). Your message is still in the box; try again.`);
+    ? `The server is busy. Your message is still in the box: press Send again in ${wait} s.`
+    : `The server had a problem (${xhr.status}). Your message is still in the box: press Send to try again.`);
 });
 
 // --- after every swap: follow new content, keep Send in step, and keep focus somewhere useful ---
