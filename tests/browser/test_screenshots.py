@@ -78,7 +78,7 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def screenshot(tab: Tab, name: str, *, full_page: bool = False) -> Path:
+def screenshot(tab: Tab, name: str, *, full_page: bool = False, viewport: dict[str, int] = VIEWPORT) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
     path = OUT / f"{name}.png"
     tab.page.mouse.move(0, 0)  # no hover state in the picture
@@ -86,7 +86,7 @@ def screenshot(tab: Tab, name: str, *, full_page: bool = False) -> Path:
     tab.page.screenshot(path=str(path), caret="initial", full_page=full_page, animations="disabled")
     assert path.stat().st_size > 20_000, f"{path} is only {path.stat().st_size} bytes"
     width, height = png_size(path)
-    assert width == VIEWPORT["width"] and height >= VIEWPORT["height"], (width, height)
+    assert width == viewport["width"] and height >= viewport["height"], (width, height)
     return path
 
 
@@ -104,6 +104,76 @@ def wide_tab(chromium: Any, asgi_server: LiveServer, user: Any) -> Iterator[Tab]
     for tab in new_tab(chromium, asgi_server, user):
         tab.page.set_viewport_size(VIEWPORT)
         yield tab
+
+
+PHONE = {"width": 390, "height": 844}
+
+
+@pytest.fixture
+def phone(chromium: Any, asgi_server: LiveServer, user: Any) -> Iterator[Tab]:
+    yield from new_tab(chromium, asgi_server, user, viewport=PHONE, is_mobile=True, has_touch=True)
+
+
+@pytest.fixture
+def dark_wide_tab(chromium: Any, asgi_server: LiveServer, user: Any) -> Iterator[Tab]:
+    yield from new_tab(chromium, asgi_server, user, viewport=VIEWPORT, color_scheme="dark")
+
+
+def stored_chat(user: Any) -> Conversation:
+    """The README's conversation, finished and stored, after a few earlier ones."""
+    for title in HISTORY:
+        Conversation.objects.create(user=user, model="openai:gpt-4o-mini", title=title)
+    chat = Conversation.objects.create(user=user, model="openai:gpt-4o-mini", title="Retry with backoff")
+    Message.objects.create(conversation=chat, role=Role.USER, content=QUESTION, status=Status.COMPLETED)
+    Message.objects.create(
+        conversation=chat,
+        role=Role.ASSISTANT,
+        content=ANSWER,
+        status=Status.COMPLETED,
+        provider="openai",
+        model="gpt-4o-mini",
+        stop_reason="stop",
+        input_tokens=31,
+        output_tokens=212,
+        cost=Decimal("0.00013185"),
+        ttft_ms=412,
+        duration_ms=4630,
+        usage_source="provider",
+    )
+    return chat
+
+
+def test_the_phone_screenshots_show_the_messages_the_drawer_and_stop_in_the_composer(phone: Tab, user, sim) -> None:
+    chat = stored_chat(user)
+    phone.open(f"/chat/{chat.pk}/")
+    settle(phone)
+    screenshot(phone, "chat-phone", viewport=PHONE)
+    phone.page.get_by_role("button", name="Conversations").click()
+    phone.page.get_by_role("link", name=HISTORY[0]).wait_for(state="visible")
+    phone.page.wait_for_timeout(300)  # the drawer's slide
+    screenshot(phone, "chat-phone-drawer", viewport=PHONE)
+    phone.page.keyboard.press("Escape")
+
+    sim.enqueue(Scenario(text=ANSWER, interval=0.05))
+    box = phone.page.get_by_role("textbox", name="Message")
+    box.fill("And in JavaScript?")
+    box.press("Enter")
+    phone.page.locator("#messages .live").wait_for()
+    live_text = "document.querySelector('#messages .live .content')?.textContent ?? ''"
+    wait_until(phone, f"({live_text}).length > 2 * {len(ANSWER)} / 3")  # two thirds of it on screen
+    assert phone.page.get_by_role("button", name="Stop").is_visible()
+    screenshot(phone, "chat-phone-streaming", viewport=PHONE)
+    phone.page.get_by_role("button", name="Stop").click()
+    phone.page.locator("#messages .message.assistant.status-cancelled").wait_for()
+
+
+def test_the_dark_screenshot_shows_the_chat_in_dark_mode(dark_wide_tab: Tab, user) -> None:
+    chat = stored_chat(user)
+    dark_wide_tab.open(f"/chat/{chat.pk}/")
+    settle(dark_wide_tab)
+    background = dark_wide_tab.page.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(23, 24, 27)", background  # chat.css's dark --bg
+    screenshot(dark_wide_tab, "chat-dark")
 
 
 @pytest.fixture
