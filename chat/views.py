@@ -48,6 +48,7 @@ def conversation_context(request: HttpRequest, conversation: Conversation, form:
         conversation,
         chat_messages=chat_messages,
         newest=chat_messages[-1] if chat_messages else None,
+        busy=bool(chat_messages) and not chat_messages[-1].is_finished,
         form=form or composer_form(conversation),
     )
 
