@@ -328,3 +328,16 @@ def test_chat_costs_takes_the_widest_period_there_is(data: Data) -> None:
     out = io.StringIO()
     call_command("chat_costs", "--since", "2000-01-01", "--until", "2999-12-31", "--by", "model", stdout=out)
     assert "Costs per model, 2000-01-01 to 2999-12-31 (UTC)" in out.getvalue()
+
+
+def test_every_admin_page_has_the_chat_favicon(django_user_model: Any) -> None:
+    icon = '<link rel="icon" href="/static/chat/icon.svg" type="image/svg+xml">'
+    assert icon in Client().get("/admin/login/").content.decode()  # before logging in, too
+    admin = Client()
+    admin.force_login(django_user_model.objects.create_superuser(username="root", password="a-long-admin-password"))
+    for path in ("/admin/", "/admin/chat/message/", "/admin/chat/message/report/", "/admin/chat/spendinglimit/add/"):
+        response = admin.get(path)
+        assert response.status_code == 200 and response.content.decode().count(icon) == 1, path
+    # The chat's add pages are closed (replies are written by the app): our 403 page says so, and where to go.
+    refused = admin.get("/admin/chat/conversation/add/")
+    assert refused.status_code == 403 and "Go to your chats" in refused.content.decode()
