@@ -197,6 +197,8 @@ class Bar:
     width: float
     height: float
     show_label: bool
+    label_x: float
+    label_anchor: str  # the last day's label ends at its bar, so it never runs past the chart
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +242,7 @@ def spend_chart(period: Period, day_rows: list[Row]) -> Chart:
     bars = []
     for n, day in enumerate(days):
         cost = by_day.get(day.isoformat(), Decimal(0))
+        last = n == len(days) - 1
         bar_height = plot_height * float(cost / top_value)
         bars.append(
             Bar(
@@ -251,6 +254,8 @@ def spend_chart(period: Period, day_rows: list[Row]) -> Chart:
                 width=round(slot * 0.8, 2),
                 height=round(bar_height, 2),
                 show_label=n % label_every == 0,
+                label_x=round(left + n * slot + (slot * 0.9 if last else slot * 0.5), 2),
+                label_anchor="end" if last else "middle",
             )
         )
     ticks = [(round(top + plot_height * (1 - float(f)), 2), usd(top_value * f)) for f in QUARTERS]
