@@ -295,6 +295,7 @@ def budget_warning_at(raw: str | None) -> float:
 
 # The composer and the Usage page warn once this fraction of the monthly budget is spent.
 CHAT_BUDGET_WARNING_AT = budget_warning_at(os.environ.get("CHAT_BUDGET_WARNING_AT"))
+
 # Per user: replies being written at once, and replies started per minute (a send, Retry, Regenerate
 # or Continue each starts one); 0 switches a limit off.
 CHAT_MAX_CONCURRENT_REPLIES = env_int("CHAT_MAX_CONCURRENT_REPLIES", 3)
