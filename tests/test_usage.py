@@ -126,7 +126,7 @@ def test_the_usage_page_needs_a_login(client: Client) -> None:
 
 def test_it_shows_this_months_and_last_months_own_totals(browser: Client, person, stranger) -> None:
     reply(person, "1.25")
-    reply(person, "0.0123", model="anthropic:claude-sonnet-4-5")
+    reply(person, "0.0123", model="anthropic:claude-sonnet-4-5").conversation.remove()  # deleted, still paid for
     reply(person, "7.5", when=last_month())
     reply(stranger, "999", model="openai:stranger-model")
     reply(stranger, "888", when=last_month())
