@@ -15,6 +15,8 @@ from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 from chat.costs import pricing, reports
 from chat.costs.limits import default_budget, month_start
@@ -25,6 +27,11 @@ from chat.templatetags.chat_tags import usd
 MAX_REPORT_DAYS = 366
 
 
+def cost_cell(value: Decimal) -> SafeString:
+    """An amount as every page shows it, with every stored digit in its title for the operator."""
+    return format_html('<span title="${}">{}</span>', f"{value.normalize():f}", usd(value))
+
+
 def reply_cost(message: Message) -> str:
     """A reply's cost as the list shows it: a price, or why there is none."""
     if message.role != Role.ASSISTANT:
@@ -33,7 +40,7 @@ def reply_cost(message: Message) -> str:
         return "running"
     if message.cost is None:
         return reports.missing_cost_reason(message)
-    return usd(message.cost)
+    return cost_cell(message.cost)
 
 
 class MessageInline(admin.TabularInline):
@@ -112,7 +119,7 @@ class ConversationAdmin(ReadOnlyAdmin):
 
     @admin.display(description="cost", ordering="total_cost")
     def total_cost(self, conversation: Conversation) -> str:
-        return usd(conversation.total_cost or Decimal(0))  # type: ignore[attr-defined]
+        return cost_cell(conversation.total_cost or Decimal(0))  # type: ignore[attr-defined]
 
 
 class PeriodForm(forms.Form):
@@ -345,7 +352,7 @@ class SpendingLimitAdmin(admin.ModelAdmin):
 
     @admin.display(description="monthly limit", ordering="monthly_usd")
     def limit(self, row: SpendingLimit) -> str:
-        return "no limit" if row.monthly_usd is None else f"${row.monthly_usd}"
+        return "no limit" if row.monthly_usd is None else usd(row.monthly_usd)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[SpendingLimit]:
         this_month = Q(user__conversations__messages__created_at__gte=month_start())
@@ -355,10 +362,10 @@ class SpendingLimitAdmin(admin.ModelAdmin):
 
     @admin.display(description="spent this month (UTC)", ordering="spent")
     def spent_this_month(self, row: SpendingLimit) -> str:
-        return usd(row.spent or Decimal(0))  # type: ignore[attr-defined]
+        return cost_cell(row.spent or Decimal(0))  # type: ignore[attr-defined]
 
     def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
         budget = default_budget()
-        default = "no limit" if budget is None else f"${budget}"
+        default = "no limit" if budget is None else usd(budget)
         context = {**(extra_context or {}), "title": f"Spending limits (default for everybody else: {default})"}
         return super().changelist_view(request, extra_context=context)

@@ -21,4 +21,5 @@ urlpatterns = [
     path("replies/<int:message_id>/stop/", views.stop_reply, name="stop"),
     path("replies/<int:message_id>/regenerate/", views.regenerate_reply, name="regenerate"),
     path("replies/<int:message_id>/continue/", views.continue_reply, name="continue"),
+    path("usage/", views.usage_page, name="usage"),
 ]

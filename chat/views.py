@@ -15,6 +15,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat.costs import limits
+from chat.costs.usage import usage_of
 from chat.forms import MessageForm, NewConversationForm, RenameForm, SettingsForm
 from chat.models import Conversation, Message, NotTheLatestReply, ReplyInProgress, Role
 from chat.sidebar import BadPosition, Sidebar
@@ -344,3 +345,10 @@ def demo_login(request: HttpRequest) -> HttpResponse:
         user.save(update_fields=["password"])
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
     return redirect("chat:index")
+
+
+@login_required
+@require_GET
+def usage_page(request: HttpRequest) -> HttpResponse:
+    """The user's own spend: this month and last, by day and by model, and what is left of the budget."""
+    return render(request, "chat/usage.html", {"usage": usage_of(request.user, month=request.GET.get("month"))})

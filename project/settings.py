@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -275,6 +277,25 @@ CHAT_DEMO_USER = os.environ.get("CHAT_DEMO_USER", "demo")
 # Spending and abuse limits (chat/costs/limits.py). The budget is USD per user per calendar month (UTC),
 # a string read as a Decimal; unset means no limit, and a user's own SpendingLimit (admin) wins over it.
 CHAT_MONTHLY_BUDGET_USD = os.environ.get("CHAT_MONTHLY_BUDGET_USD", "").strip() or None
+
+
+def budget_warning_at(raw: str | None) -> float:
+    """The fraction of a budget spent at which the composer warns; a bad value stops the start, not a page."""
+    try:
+        value = float(raw or 0.8)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1:  # NaN fails this too
+        raise ImproperlyConfigured(
+            f"CHAT_BUDGET_WARNING_AT must be a fraction above 0 and at most 1 (0.8 warns at 80% of the budget), "
+            f"not {raw!r}"
+        )
+    return value
+
+
+# The composer and the Usage page warn once this fraction of the monthly budget is spent.
+CHAT_BUDGET_WARNING_AT = budget_warning_at(os.environ.get("CHAT_BUDGET_WARNING_AT"))
+
 # Per user: replies being written at once, and replies started per minute (a send, Retry, Regenerate
 # or Continue each starts one); 0 switches a limit off.
 CHAT_MAX_CONCURRENT_REPLIES = env_int("CHAT_MAX_CONCURRENT_REPLIES", 3)

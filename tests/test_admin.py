@@ -93,14 +93,15 @@ def module(page: str, module_id: str) -> str:
     return page[start : page.index("</table>", start)]
 
 
-def rows_of(page: str, module_id: str) -> dict[str, list[str]]:
-    """The table of one report module as text cells by row key, without the $ and thousands separators."""
+def rows_of(page: str, module_id: str, *, exact: bool = True) -> dict[str, list[str]]:
+    """The table of one report module as text cells by row key, without the $ and thousands separators;
+    a cost cell as its title has it (the exact figure), or with exact=False as the page shows it."""
     rows = {}
     for key, body in re.findall(r'<tr data-key="([^"]*)">(.*?)</tr>', module(page, module_id), re.S):
-        cells = [
-            html.unescape(re.sub(r"<[^>]+>", "", c)).strip()
-            for c in re.findall(r"<t[hd][^>]*>(.*?)</t[hd]>", body, re.S)
-        ]
+        cells = []
+        for attributes, text in re.findall(r"<t[hd]([^>]*)>(.*?)</t[hd]>", body, re.S):
+            title = re.search(r'title="([^"]*)"', attributes)
+            cells.append(html.unescape(title[1] if title and exact else re.sub(r"<[^>]+>", "", text)).strip())
         rows[html.unescape(key)] = [cell.replace(",", "").lstrip("$") for cell in cells[1:]]
     return rows
 
@@ -122,7 +123,8 @@ def test_the_conversation_list_annotates_messages_tokens_and_cost(admin_client: 
     assert ann_mini.total_cost == Decimal("300.000129") == sum(m.cost or 0 for m in ann_mini.messages.all())
     assert sum(c.total_cost or 0 for c in by_title.values()) == sum(m.cost or 0 for m in Message.objects.all())
     page = response.content.decode()
-    assert "$0.00372" in page and "$300.0001" in page
+    # Rounded for reading, every stored digit in the title.
+    assert '<span title="$0.00372">$0.0037</span>' in page and '<span title="$300.000129">$300.00</span>' in page
     assert_escaped(page)
     assert html.escape(HOSTILE_TITLE) in page
 
@@ -134,7 +136,7 @@ def test_a_conversation_shows_its_messages_inline_and_read_only(admin_client: Cl
     assert_escaped(page)
     assert html.escape(HOSTILE_CONTENT, quote=False) in page.replace("&#x27;", "'")
     assert 'name="messages-0-content"' not in page and "Save" not in page  # nothing is editable
-    assert "$0.5" in page and "no price for this model" in page
+    assert ">$0.50</span>" in page and "no price for this model" in page
 
 
 @pytest.mark.parametrize(
@@ -184,7 +186,7 @@ def test_the_cost_report_totals_equal_the_sum_of_the_message_costs(admin_client:
     page = report(admin_client)
     total = october_costs()
     assert total == Decimal("1.753849")  # 0.000129 + 0.00372 + 1.25 + 0.5, by hand
-    assert re.search(r'id="total-cost">\$1\.753849<', page)
+    assert re.search(r'id="total-cost" title="\$1\.753849">\$1\.75<', page)
     assert re.search(r'id="total-replies">8<', page)  # the cancelled-before-start reply is a reply, just free
     assert re.search(r'id="total-without-cost">3<', page)  # no price twice, usage unknown once
 
@@ -201,6 +203,10 @@ def test_the_cost_report_totals_equal_the_sum_of_the_message_costs(admin_client:
     assert by_model["anthropic:claude-sonnet-4-5"][3] == "0.503720"
     assert by_model["openai:local-llama"] == ["1", "100", "10", "0.000000", "1"]
     assert by_model["Total"][3] == "1.753849"
+    shown = rows_of(page, "by-model", exact=False)  # the page's one money format; the exact figure in the title
+    assert shown["openai:gpt-4o-mini"][3] == "1.25" and shown["anthropic:claude-sonnet-4-5"][3] == "0.50"
+    assert shown["openai:local-llama"][3] == "0" and shown["Total"][3] == "1.75"
+    assert rows_of(page, "by-user", exact=False)["ann"][3] == "0.0038"
 
     by_day = rows_of(page, "by-day")
     assert [k for k in by_day] == ["2026-10-05", "2026-10-06", "2026-10-07", "Total"]
@@ -208,7 +214,8 @@ def test_the_cost_report_totals_equal_the_sum_of_the_message_costs(admin_client:
 
     # The chart has a bar for every day of October; its labels and values are the page's.
     assert page.count('<rect class="bar"') == 31
-    assert "<title>2026-10-06: $1.253720</title>" in page
+    assert "<title>2026-10-06: $1.25</title>" in page and "<title>2026-10-05: $0.00013</title>" in page
+    assert "<title>2026-10-01: $0</title>" in page
     assert_escaped(page)
 
 

@@ -159,12 +159,13 @@ def render_spend(user: Any) -> str:
 def test_the_composer_shows_this_months_spend_and_the_limit(settings, person) -> None:
     settings.CHAT_MONTHLY_BUDGET_USD = None
     html = render_spend(person)
-    assert html.startswith('<p class="spend" id="spend"') and html.endswith("> This month: $0.00 </p>")
+    assert html.startswith('<p class="spend" id="spend"') and html.endswith(">This month: $0</a> </p>")
+    assert '<a href="/chat/usage/"' in html  # the figure opens the Usage page
     spent(person, "0.004")
-    assert "This month: under $0.01 </p>" in render_spend(person)
+    assert ">This month: $0.004</a>" in render_spend(person)  # a small spend is shown, not rounded away
     spent(person, "1.496")
     settings.CHAT_MONTHLY_BUDGET_USD = "5"
-    assert "This month: $1.50 of $5.00 </p>" in render_spend(person)
+    assert ">This month: $1.50 of $5.00</a>" in render_spend(person)
     SpendingLimit.objects.create(user=person, monthly_usd=Decimal("1.25"))
     html = render_spend(person)
     assert "This month: $1.50 of $1.25 — limit reached" in html and 'class="spend over"' in html

@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import connection
 from django.db.models import Min
 
+from chat.costs.money import usd
 from chat.models import Message, Role, SpendingLimit, Status
 
 # A queued reply starts when its page opens the stream, within a second or so. One that is still
@@ -33,6 +34,27 @@ class Spend:
     @property
     def exhausted(self) -> bool:
         return self.limit is not None and self.spent >= self.limit
+
+    @property
+    def warn_from(self) -> Decimal | None:
+        """The spend from which the user is warned: CHAT_BUDGET_WARNING_AT of the limit."""
+        return None if self.limit is None else self.limit * Decimal(str(settings.CHAT_BUDGET_WARNING_AT))
+
+    @property
+    def warning(self) -> bool:
+        """Close to the limit but not at it, so the user hears before a send is refused."""
+        return self.warn_from is not None and not self.exhausted and self.spent >= self.warn_from
+
+    @property
+    def percent_used(self) -> int | None:
+        """Whole percent of the limit spent, rounded down: 79.9 % is not yet "80%"."""
+        if not self.limit:
+            return None
+        return math.floor(self.spent * 100 / self.limit)
+
+    @property
+    def left(self) -> Decimal | None:
+        return None if self.limit is None else max(self.limit - self.spent, Decimal(0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +156,7 @@ def _refusal(spend: Spend, user: Any, *, running: int, sent: int, now: datetime)
         # stored costs have reached the limit; a reply already running is allowed to finish.
         return Refusal(
             message=(
-                f"You have reached your monthly spending limit (${spend.spent:.2f} of ${spend.limit:.2f}). "
+                f"You have reached your monthly spending limit ({usd(spend.spent)} of {usd(spend.limit)}). "
                 "It resets at the start of next month (UTC)."
             ),
             retry_after=math.ceil((next_month_start(now) - now).total_seconds()),

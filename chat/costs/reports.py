@@ -14,6 +14,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncDate
 
+from chat.costs.money import SMALLEST_SHOWN, usd
 from chat.models import WITHOUT_COST, Message, MessageQuerySet
 
 Grouping = Literal["day", "user", "model"]
@@ -21,6 +22,8 @@ GROUPINGS: tuple[Grouping, ...] = ("day", "user", "model")
 CSV_HEADER = ["{by}", "replies", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"]
 CSV_HEADER += ["cost_usd", "without_cost"]
 MICRODOLLAR = Decimal("0.000001")
+SMALLEST_TICK_TOP = 4 * SMALLEST_SHOWN
+QUARTERS = [Decimal(n) / 4 for n in range(5)]
 # The dates a report may name: a URL or a flag can say 9999-12-31, whose next day (a period's end) does not
 # exist. Nothing was priced before 2000, and a thousand years leaves room for any report someone means.
 EARLIEST, LATEST = date(2000, 1, 1), date(2999, 12, 31)
@@ -94,8 +97,11 @@ def spreadsheet_safe(text: str) -> str:
     return f"'{text}" if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
 
 
-def replies_in(period: Period) -> MessageQuerySet:
-    return Message.objects.replies().created_between(period.start, period.end)
+def replies_in(period: Period, *, user: Any = None) -> MessageQuerySet:
+    """The period's replies; with a user, only theirs, billed as the budget is (deleted conversations and
+    replies hidden by an edit count: they were paid for)."""
+    replies = Message.objects.billed_to(user) if user is not None else Message.objects.all()
+    return replies.replies().created_between(period.start, period.end)
 
 
 # Named apart from the fields they add up: an alias equal to a field name would shadow it in the filter.
@@ -124,9 +130,10 @@ def _row(key: str, values: dict[str, Any]) -> Row:
     )
 
 
-def totals(period: Period, *, by: Grouping) -> list[Row]:
-    """One row per day (in order), per user or per model (most expensive first) that had replies."""
-    replies = replies_in(period)
+def totals(period: Period, *, by: Grouping, user: Any = None) -> list[Row]:
+    """One row per day (in order), per user or per model (most expensive first) that had replies; with a
+    user, of their replies only."""
+    replies = replies_in(period, user=user)
     if by == "day":
         grouped = replies.annotate(group=TruncDate("created_at")).values("group")
         rows = [_row(values["group"].isoformat(), values) for values in grouped.annotate(**SUMS).order_by("group")]
@@ -143,8 +150,8 @@ def totals(period: Period, *, by: Grouping) -> list[Row]:
     return sorted(rows, key=lambda row: (-row.cost, row.key))
 
 
-def grand_total(period: Period) -> Row:
-    return _row("Total", replies_in(period).aggregate(**SUMS))
+def grand_total(period: Period, *, user: Any = None) -> Row:
+    return _row("Total", replies_in(period, user=user).aggregate(**SUMS))
 
 
 def sum_of(rows: Iterable[Row]) -> Row:
@@ -184,12 +191,14 @@ def write_csv(rows: list[Row], out: IO[str], *, by: Grouping) -> None:
 class Bar:
     label: str
     short: str
-    value: str
+    cost: Decimal
     x: float
     y: float
     width: float
     height: float
     show_label: bool
+    label_x: float
+    label_anchor: str  # the last day's label ends at its bar, so it never runs past the chart
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,12 +219,15 @@ class Chart:
         return self.top + self.plot_height
 
 
-def nice_ceiling(value: float) -> float:
-    """The smallest of 1, 2, 2.5 or 5 times a power of ten that is at least `value`."""
+def nice_ceiling(value: Decimal) -> Decimal:
+    """The smallest of 1, 2, 4 or 8 times a power of ten that is at least `value`: its quarters, the
+    axis's ticks, then have at most two significant digits, which money.usd shows exactly."""
     if value <= 0:
-        return 1.0
-    power = 10 ** math.floor(math.log10(value))
-    return next(step * power for step in (1, 2, 2.5, 5, 10) if step * power >= value)
+        return Decimal(1)
+    # A quarter of less would be under the smallest amount money.usd shows.
+    value = max(value, SMALLEST_TICK_TOP)
+    power = Decimal(1).scaleb(value.adjusted())
+    return next(step * power for step in (1, 2, 4, 8, 10) if step * power >= value)
 
 
 def spend_chart(period: Period, day_rows: list[Row]) -> Chart:
@@ -224,24 +236,27 @@ def spend_chart(period: Period, day_rows: list[Row]) -> Chart:
     plot_width, plot_height = width - left - right, height - top - bottom
     by_day = {row.key: row.cost for row in day_rows}
     days = period.days()
-    top_value = nice_ceiling(float(max(by_day.values(), default=Decimal(0))))
+    top_value = nice_ceiling(max(by_day.values(), default=Decimal(0)))
     slot = plot_width / len(days)
     label_every = math.ceil(len(days) / 12)
     bars = []
     for n, day in enumerate(days):
         cost = by_day.get(day.isoformat(), Decimal(0))
-        bar_height = plot_height * float(cost) / top_value
+        last = n == len(days) - 1
+        bar_height = plot_height * float(cost / top_value)
         bars.append(
             Bar(
                 label=day.isoformat(),
                 short=day.strftime("%d %b"),
-                value=money(cost),
+                cost=cost,
                 x=round(left + n * slot + slot * 0.1, 2),
                 y=round(top + plot_height - bar_height, 2),
                 width=round(slot * 0.8, 2),
                 height=round(bar_height, 2),
                 show_label=n % label_every == 0,
+                label_x=round(left + n * slot + (slot * 0.9 if last else slot * 0.5), 2),
+                label_anchor="end" if last else "middle",
             )
         )
-    ticks = [(round(top + plot_height * (1 - f), 2), f"${top_value * f:g}") for f in (0, 0.25, 0.5, 0.75, 1)]
+    ticks = [(round(top + plot_height * (1 - float(f)), 2), usd(top_value * f)) for f in QUARTERS]
     return Chart(width, height, left, top, plot_width, plot_height, bars, ticks)

@@ -17,6 +17,6 @@ def thousands(value: int | None) -> str:
 
 
 @register.filter
-def report_usd(value: Decimal) -> str:
-    """The same digits as the CSV and chat_costs print, with a dollar sign."""
+def exact_usd(value: Decimal) -> str:
+    """The digits the CSV and chat_costs print, for the title of a figure the page shows rounded (|usd)."""
     return f"${money(value)}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 from django import template
 
 from chat.costs.limits import Spend, month_spend
@@ -20,13 +18,3 @@ def spend_this_month(context: template.Context) -> Spend | None:
     if user is None or not user.is_authenticated:
         return None
     return month_spend(user)
-
-
-@register.filter
-def dollars(value: Decimal | None) -> str:
-    """Whole cents for a person to read; a tiny non-zero spend is not shown as $0.00."""
-    if value is None:
-        return ""
-    if 0 < value < Decimal("0.01"):
-        return "under $0.01"
-    return f"${value:,.2f}"

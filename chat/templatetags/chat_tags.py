@@ -7,6 +7,7 @@ from decimal import Decimal
 from django import template
 from django.utils.safestring import SafeString
 
+from chat.costs import money
 from chat.streaming import catalog
 from chat.streaming.rendering import render_markdown
 
@@ -20,11 +21,8 @@ def markdown(text: str) -> SafeString:
 
 @register.filter
 def usd(value: Decimal | None) -> str:
-    if value is None:
-        return "unpriced"
-    if value == 0:
-        return "$0"
-    return f"${value:.6f}".rstrip("0") if value < Decimal("0.01") else f"${value:.4f}"
+    """The one money format of every page (chat.costs.money)."""
+    return money.usd(value)
 
 
 @register.filter

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from chat.costs.money import usd
 from chat.models import Conversation, Message, Role, Status
 from tests.browser.conftest import Tab, new_tab
 from tests.browser.test_chat_page import wait_until
@@ -304,8 +305,9 @@ def november(users: list[Any]) -> list[Message]:
     return replies
 
 
-def usd(value: Decimal) -> str:
-    return f"${value.quantize(MICRODOLLAR):,}"
+def exact(value: Decimal) -> str:
+    """What a figure's title says: the CSV's digits, to the millionth of a dollar."""
+    return f"${value.quantize(MICRODOLLAR)}"
 
 
 def test_the_cost_report_screenshot_shows_a_month_of_priced_replies(admin_tab: Tab, user, django_user_model) -> None:
@@ -327,6 +329,7 @@ def test_the_cost_report_screenshot_shows_a_month_of_priced_replies(admin_tab: T
     page = admin_tab.page
     assert page.locator("h1").inner_text() == "Cost report: 1 Nov 2026 – 30 Nov 2026 (UTC)"
     assert page.locator("#total-cost").inner_text() == usd(total)
+    assert page.locator("#total-cost").get_attribute("title") == exact(total)
     assert page.locator("#total-replies").inner_text() == f"{len(replies):,}"
     assert page.locator("#total-without-cost").inner_text() == "0"
 
@@ -334,13 +337,15 @@ def test_the_cost_report_screenshot_shows_a_month_of_priced_replies(admin_tab: T
         rows = page.locator(f"#{table} tbody tr")
         shown = {row.get_attribute("data-key"): row.locator("td.cost").inner_text() for row in rows.all()}
         assert shown == {key: usd(cost) for key, cost in expected.items()}, table
+        titles = {row.get_attribute("data-key"): row.locator("td.cost").get_attribute("title") for row in rows.all()}
+        assert titles == {key: exact(cost) for key, cost in expected.items()}, table
         assert page.locator(f"#{table} tfoot td.cost").inner_text() == usd(total), table
 
     # A bar for each day of November; the working days' bars have the day's spend, and a height.
     bars = page.locator("#chart svg rect.bar")
     assert bars.count() == 30
     titles = [title.text_content() for title in page.locator("#chart svg rect.bar > title").all()]
-    assert [t for t in titles if not t.endswith(": $0.000000")] == [
+    assert [t for t in titles if not t.endswith(": $0")] == [
         f"{day}: {usd(cost)}" for day, cost in sorted(by_day.items())
     ]
     heights = [float(bar.get_attribute("height")) for bar in bars.all()]
