@@ -20,7 +20,7 @@ import pytest
 from django.db import connection
 from django.test import Client
 
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, Role, Status
 from chat.streaming.providers.http import aclose_shared_client, configure_client
 from tests.fake_upstream import FakeUpstream
 
@@ -377,3 +377,14 @@ async def transport(request: pytest.FixtureRequest) -> AsyncIterator[str]:
     yield request.param
     await aclose_shared_client()
     configure_client(transport="aiohttp", max_connections=200)
+
+
+def stored_exchange(
+    conversation: Conversation, question: str = "A question.", answer: str = "An answer.", **reply: Any
+) -> Message:
+    """A finished question and its reply in `conversation`, stored as a streamed reply leaves them; the reply's
+    fields (status, tokens, cost, times...) can be given."""
+    provider, _, model = conversation.model.partition(":")
+    Message.objects.create(conversation=conversation, role=Role.USER, content=question, status=Status.COMPLETED)
+    fields = {"status": Status.COMPLETED, "provider": provider, "model": model, **reply}
+    return Message.objects.create(conversation=conversation, role=Role.ASSISTANT, content=answer, **fields)

@@ -1,36 +1,21 @@
 """Edit a question: the new text is asked in its place, and what followed leaves the page and the prompt but
 stays stored, with its cost, for the admin, the reports and the budget."""
 
+# ruff: noqa: F811 (the tests take test_views' fixtures, imported below, as arguments of the same names)
 from __future__ import annotations
 
 from decimal import Decimal
 
 import pytest
-from django.test import Client
 
 from chat.costs import limits
 from chat.models import Conversation, Message, Role, Status
 from chat.streaming.providers import Turn
-from tests.test_views import HTMX, exchange
+
+# The chat's fixtures: a user, their logged-in client and a conversation of theirs.
+from tests.test_views import HTMX, client, conversation, exchange, owner  # noqa: F401
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def owner(django_user_model):
-    return django_user_model.objects.create_user(username="owner", password="a-long-test-password")
-
-
-@pytest.fixture
-def client(owner) -> Client:
-    client = Client()
-    client.force_login(owner)
-    return client
-
-
-@pytest.fixture
-def conversation(owner) -> Conversation:
-    return Conversation.objects.create(user=owner, model="demo:demo", title="Soup")
 
 
 def question_of(reply: Message) -> Message:

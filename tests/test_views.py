@@ -14,6 +14,7 @@ from chat import sidebar
 from chat.costs import limits
 from chat.models import CONTINUE_PROMPT, Conversation, Message, Role, Status
 from chat.streaming.providers import Turn
+from tests.conftest import stored_exchange
 
 pytestmark = pytest.mark.django_db
 
@@ -45,9 +46,7 @@ def refuse(monkeypatch) -> None:
 
 
 def exchange(conversation: Conversation, question: str, answer: str, **reply: object) -> Message:
-    Message.objects.create(conversation=conversation, role=Role.USER, content=question, status=Status.COMPLETED)
-    fields = {"status": Status.COMPLETED, "provider": "demo", "model": "demo", **reply}
-    return Message.objects.create(conversation=conversation, role=Role.ASSISTANT, content=answer, **fields)
+    return stored_exchange(conversation, question, answer, **reply)
 
 
 def test_the_chat_pages_require_login(conversation) -> None:

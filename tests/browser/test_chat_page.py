@@ -14,7 +14,7 @@ import pytest
 from chat import sidebar
 from chat.models import Conversation, Message, Role, SpendingLimit, Status
 from tests.browser.conftest import Tab, new_tab
-from tests.conftest import ChatClient, wait_for_status
+from tests.conftest import ChatClient, stored_exchange, wait_for_status
 from tests.fake_upstream import Scenario
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -283,14 +283,10 @@ def test_a_reply_cut_off_at_the_token_limit_says_so_and_can_be_continued(tab: Ta
 
 def test_dark_mode_follows_the_system_setting(dark_tab: Tab, user) -> None:
     chat = conversation(user, model="demo:demo", title="Dark mode")
-    Message.objects.create(conversation=chat, role=Role.USER, content="Show me code", status=Status.COMPLETED)
-    Message.objects.create(
-        conversation=chat,
-        role=Role.ASSISTANT,
-        content=MARKDOWN,
-        status=Status.COMPLETED,
-        provider="demo",
-        model="demo",
+    stored_exchange(
+        chat,
+        "Show me code",
+        MARKDOWN,
         stop_reason="end_turn",
         input_tokens=12,
         output_tokens=80,

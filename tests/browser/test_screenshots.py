@@ -26,7 +26,7 @@ from chat.models import Conversation, Message, Role, Status
 from tests.browser.conftest import Tab, new_tab
 from tests.browser.test_chat_page import wait_until
 from tests.browser.test_live_rendering import CLOSING, CODE, CODE_REPLY
-from tests.conftest import ROOT, LiveServer
+from tests.conftest import ROOT, LiveServer, stored_exchange
 from tests.fake_upstream import Scenario
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -125,14 +125,10 @@ def stored_chat(user: Any) -> Conversation:
     for title in HISTORY:
         Conversation.objects.create(user=user, model="openai:gpt-4o-mini", title=title)
     chat = Conversation.objects.create(user=user, model="openai:gpt-4o-mini", title="Retry with backoff")
-    Message.objects.create(conversation=chat, role=Role.USER, content=QUESTION, status=Status.COMPLETED)
-    Message.objects.create(
-        conversation=chat,
-        role=Role.ASSISTANT,
-        content=ANSWER,
-        status=Status.COMPLETED,
-        provider="openai",
-        model="gpt-4o-mini",
+    stored_exchange(
+        chat,
+        QUESTION,
+        ANSWER,
         stop_reason="stop",
         input_tokens=31,
         output_tokens=212,

@@ -12,8 +12,9 @@ import pytest
 from django.utils import timezone
 
 from chat.costs import limits
-from chat.models import Conversation, Message, Role, SpendingLimit, Status
+from chat.models import Conversation, Message, SpendingLimit
 from tests.browser.conftest import SCREENSHOTS, Tab
+from tests.conftest import stored_exchange
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
 
@@ -44,12 +45,9 @@ def spent_this_month(user: Any) -> Conversation:
 
 def priced(conversation: Conversation, model: str, cost: str, when: Any) -> None:
     provider, _, name = model.partition(":")
-    question = Message.objects.create(conversation=conversation, role=Role.USER, status=Status.COMPLETED, content="Q")
-    answer = Message.objects.create(
-        conversation=conversation,
-        role=Role.ASSISTANT,
-        status=Status.COMPLETED,
-        content="An answer.",
+    answer = stored_exchange(
+        conversation,
+        "Q",
         provider=provider,
         model=name,
         input_tokens=2000,
@@ -57,7 +55,7 @@ def priced(conversation: Conversation, model: str, cost: str, when: Any) -> None
         usage_source="provider",
         cost=Decimal(cost),
     )
-    Message.objects.filter(pk__in=[question.pk, answer.pk]).update(created_at=when, finished_at=when)
+    Message.objects.filter(pk__in=[answer.question.pk, answer.pk]).update(created_at=when, finished_at=when)
 
 
 def assert_fits(tab: Tab) -> None:
