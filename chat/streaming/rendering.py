@@ -35,7 +35,7 @@ ALLOWED_ATTRIBUTES = {
     "th": {"class"},
     "td": {"class"},
     "ol": {"start"},
-    "button": {"type", "class"},
+    "button": {"type", "class", "aria-label"},  # our copy button ("Copy code")
 }
 _FORMATTER = HtmlFormatter(nowrap=True)
 _LANGUAGE = re.compile(r"[\w+#.-]{1,40}")
