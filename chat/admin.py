@@ -250,7 +250,7 @@ class MessageAdmin(ReadOnlyAdmin):
     def cost_difference(self, message: Message) -> str:
         return cost_difference(message)
 
-    # Short headers: sixteen columns have to fit one screen.
+    # Short headers: eighteen columns have to fit one screen.
     @admin.display(description="in", ordering="input_tokens")
     def tokens_in(self, message: Message) -> int | None:
         return message.input_tokens
