@@ -21,6 +21,7 @@ from django.utils.safestring import SafeString
 from chat.costs import pricing, reports
 from chat.costs.limits import default_budget, month_start
 from chat.models import Conversation, Message, ModelPrice, Role, SpendingLimit
+from chat.models.choices import CostSource
 from chat.templatetags.chat_tags import usd
 
 # The longest period the report page draws day by day; `manage.py chat_costs` has no such cap.
@@ -55,6 +56,7 @@ class MessageInline(admin.TabularInline):
         "input_tokens",
         "output_tokens",
         "cost_usd",
+        "cost_source",
     ]
     readonly_fields = fields
     extra = 0
@@ -155,6 +157,19 @@ def presets(today: date) -> list[tuple[str, reports.Period]]:
     ]
 
 
+def cost_difference(message: Message) -> str:
+    """What the provider charged minus what our prices said, signed, with every digit in the title; "" unless
+    the cost is the provider's own figure and ours exists too (decision 0036)."""
+    if message.cost_source != CostSource.PROVIDER or message.cost is None or message.computed_cost is None:
+        return ""
+    difference = message.cost - message.computed_cost
+    if difference == 0:
+        return format_html('<span title="{}">{}</span>', "the same to the last digit", "$0")
+    sign = "+" if difference > 0 else "\N{MINUS SIGN}"
+    exact = f"{sign}${abs(difference).normalize():f}"
+    return format_html('<span title="{}">{}{}</span>', exact, sign, usd(abs(difference)))
+
+
 @admin.register(Message)
 class MessageAdmin(ReadOnlyAdmin):
     list_display = [
@@ -172,6 +187,8 @@ class MessageAdmin(ReadOnlyAdmin):
         "tokens_reasoning",
         "usage_source",
         "cost_usd",
+        "cost_source",
+        "cost_difference",
         "ttft",
         "duration",
     ]
@@ -182,12 +199,14 @@ class MessageAdmin(ReadOnlyAdmin):
         "stop_reason",
         "role",
         "usage_source",
+        "cost_source",
         ("conversation__user", admin.RelatedOnlyFieldListFilter),
         "created_at",
     ]
     list_select_related = ["conversation__user"]
     search_fields = ["content"]
     date_hierarchy = "created_at"
+    readonly_fields = ["cost_difference"]
     fieldsets = [
         (None, {"fields": ["conversation", "role", "status", "provider", "model", "stop_reason", "error"]}),
         ("Text", {"fields": ["content", "thinking"]}),
@@ -202,6 +221,9 @@ class MessageAdmin(ReadOnlyAdmin):
                     "reasoning_tokens",
                     "usage_source",
                     "cost",
+                    "cost_source",
+                    "computed_cost",
+                    "cost_difference",
                 ]
             },
         ),
@@ -224,7 +246,11 @@ class MessageAdmin(ReadOnlyAdmin):
     def cost_usd(self, message: Message) -> str:
         return reply_cost(message)
 
-    # Short headers: sixteen columns have to fit one screen.
+    @admin.display(description="provider − our prices")
+    def cost_difference(self, message: Message) -> str:
+        return cost_difference(message)
+
+    # Short headers: eighteen columns have to fit one screen.
     @admin.display(description="in", ordering="input_tokens")
     def tokens_in(self, message: Message) -> int | None:
         return message.input_tokens

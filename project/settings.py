@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -225,6 +226,11 @@ LOGGING = {
 
 OPENAI_API_KEY = os.environ.get("OPENAI_API_KEY", "")
 OPENAI_BASE_URL = os.environ.get("OPENAI_BASE_URL", "https://api.openai.com/v1")
+# Ask for OpenRouter's usage accounting (`"usage": {"include": true}`, the cost in the last chunk); only OpenRouter
+# knows the field, and a strict server may reject it, so it is on by default for OpenRouter alone (decision 0036).
+OPENAI_USAGE_ACCOUNTING = env_bool(
+    "OPENAI_USAGE_ACCOUNTING", (urlsplit(OPENAI_BASE_URL).hostname or "") in {"openrouter.ai", "www.openrouter.ai"}
+)
 ANTHROPIC_API_KEY = os.environ.get("ANTHROPIC_API_KEY", "")
 ANTHROPIC_BASE_URL = os.environ.get("ANTHROPIC_BASE_URL", "https://api.anthropic.com")
 

@@ -125,6 +125,9 @@ class Scenario:
     json_error: bool = False  # a 200 whose body is vLLM's flat error object as plain JSON, not a stream
     encoding: str = ""  # Content-Encoding: "gzip" (as gzip=True), "deflate" (zlib) or "raw-deflate" (sent as deflate)
     recorded: bytes | None = None  # replay these bytes (a recorded stream, tests/fixtures/) as the body; split applies
+    # OpenAI streams: the final usage chunk also carries "cost": <this text, written verbatim into the JSON>, as
+    # OpenRouter and a LiteLLM proxy send it; e.g. "0.000123456789", or '"0.5"' for a string, or "-1".
+    reported_cost: str | None = None
 
     def streamed_text(self) -> str:
         if self.content is not None:
@@ -160,6 +163,12 @@ class RequestRecord:
     end: str = ""
     deltas_sent: int = 0
     sent_at: list[float] | None = None  # time.time() as each content delta was written, when sends are recorded
+
+    @property
+    def asked_usage_accounting(self) -> bool:
+        """Whether the request asked for OpenRouter's usage accounting (`"usage": {"include": true}`)."""
+        usage = self.body.get("usage")
+        return isinstance(usage, dict) and usage.get("include") is True
 
 
 class _Framer:
@@ -273,6 +282,8 @@ def _openai_items(sc: Scenario, model: str, include_usage: bool) -> Iterator[_It
         yield "post", chunk({}, _openai_finish(sc))
     if include_usage:
         usage = _dumps(_openai_usage(sc, len(pieces)))
+        if sc.reported_cost is not None:  # spliced in as text, so the test decides every digit on the wire
+            usage = f'{usage[:-1]},"cost":{sc.reported_cost}}}'
         yield "final", f.data(f'{base},"choices":[],"usage":{usage}}}')
     yield "final", f.data("[DONE]")
 

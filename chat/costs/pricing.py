@@ -1,4 +1,5 @@
-"""Cost of a reply: usage times price, from the operator's ModelPrice table or else the genai-prices snapshot."""
+"""Cost of a reply: the provider's own figure when it sent one, else usage times price, from the operator's
+ModelPrice table or else the genai-prices snapshot."""
 
 from __future__ import annotations
 
@@ -6,18 +7,42 @@ import logging
 import math
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 from genai_prices import Usage as PriceUsage
 from genai_prices import calc_price
 
 from chat.models import ModelPrice
+from chat.models.choices import CostSource
 from chat.streaming.providers import Usage
 
 logger = logging.getLogger(__name__)
 FREE_PROVIDERS = frozenset({"demo"})
 MILLION = Decimal(1_000_000)
-# Message.cost keeps ten decimal places; rounding here makes the value in memory the one stored.
+# Computed costs are rounded to ten decimal places (Message.cost keeps twelve, for providers' own figures);
+# rounding here makes the value in memory the one stored.
 STORED_PLACES = Decimal("1e-10")
+# A provider's figure keeps every digit the column holds (a figure with more is a float's noise past them).
+PROVIDER_PLACES = Decimal("1e-12")
+
+
+class Priced(NamedTuple):
+    """A finished reply's cost (the preferred figure), what our prices said, and where the cost came from."""
+
+    cost: Decimal | None
+    computed_cost: Decimal | None
+    source: str
+
+
+def price_reply(*, provider: str, model: str, usage: Usage, on: date | None = None) -> Priced:
+    """The provider's own figure when it reported one, else ours; ours is kept either way, to show the difference.
+
+    The provider's figure is what the account is charged (OpenRouter's credits, a LiteLLM proxy's discounts
+    and margins); ours is a list price times counts, right only as far as the table or snapshot is."""
+    computed, source = computed_cost(provider=provider, model=model, usage=usage, on=on)
+    if usage.cost is not None:
+        return Priced(usage.cost.quantize(PROVIDER_PLACES), computed, CostSource.PROVIDER)
+    return Priced(computed, computed, source)
 
 
 def cost_of(*, provider: str, model: str, usage: Usage, price: ModelPrice | None = None) -> Decimal | None:
@@ -45,8 +70,13 @@ def cost_of(*, provider: str, model: str, usage: Usage, price: ModelPrice | None
 
 def priced_cost(*, provider: str, model: str, usage: Usage, on: date | None = None) -> Decimal | None:
     """cost_of for the finish path: with the operator's ModelPrice in force on `on` (today, UTC), if any."""
+    return computed_cost(provider=provider, model=model, usage=usage, on=on)[0]
+
+
+def computed_cost(*, provider: str, model: str, usage: Usage, on: date | None = None) -> tuple[Decimal | None, str]:
+    """priced_cost and which of our prices made it: the table, the snapshot, free (the demo), or none ("")."""
     if usage.input_tokens is None or usage.output_tokens is None:
-        return None
+        return None, CostSource.UNKNOWN
     on = on or datetime.now(UTC).date()
     try:
         price = ModelPrice.objects.effective(provider=provider, model=model, on=on).first()
@@ -54,8 +84,13 @@ def priced_cost(*, provider: str, model: str, usage: Usage, on: date | None = No
         # Falling back to the snapshot could silently ignore the operator's price: unpriced is honest,
         # and the reply then shows up in the admin's list of unpriced replies.
         logger.exception("could not load the price of %s:%s", provider, model)
-        return None
-    return cost_of(provider=provider, model=model, usage=usage, price=price)
+        return None, CostSource.UNKNOWN
+    cost = cost_of(provider=provider, model=model, usage=usage, price=price)
+    if cost is None:
+        return None, CostSource.UNKNOWN
+    if price is not None:
+        return cost, CostSource.PRICE_TABLE
+    return cost, CostSource.FREE if provider in FREE_PROVIDERS else CostSource.SNAPSHOT
 
 
 def cost_from_snapshot(*, provider: str, model: str, usage: Usage) -> Decimal:

@@ -36,3 +36,13 @@ class UsageSource(models.TextChoices):
     PROVIDER = "provider", "Reported by the provider"
     ESTIMATED = "estimated", "Estimated"
     UNKNOWN = "", "Unknown"
+
+
+class CostSource(models.TextChoices):
+    """Where a reply's cost came from (decision 0036): the provider's own figure wins over our prices."""
+
+    PROVIDER = "provider", "Reported by the provider"
+    PRICE_TABLE = "price_table", "The admin's price table"
+    SNAPSHOT = "snapshot", "The genai-prices snapshot"
+    FREE = "free", "Free (offline demo)"
+    UNKNOWN = "", "Unknown"

@@ -18,6 +18,7 @@ from chat.models.choices import (
     NORMAL_STOP_REASONS,
     TRUNCATION_STOP_REASONS,
     WITHOUT_COST,
+    CostSource,
     Role,
     Status,
     UsageSource,
@@ -75,7 +76,16 @@ class Message(models.Model):
     cache_write_tokens = models.PositiveIntegerField(null=True, blank=True)
     reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
     usage_source = models.CharField(max_length=16, choices=UsageSource.choices, blank=True, default="")
-    cost = models.DecimalField(max_digits=20, decimal_places=10, null=True, blank=True, help_text="USD")
+    # Twelve places keep a provider's own figure to its last digit (a millionth of a millionth of a dollar), and
+    # SQLite, which stores a decimal as a float, still gives sums up to $1,000 back exactly (decision 0036).
+    # Computed costs are rounded to ten (chat.costs.pricing).
+    cost = models.DecimalField(
+        max_digits=22, decimal_places=12, null=True, blank=True, help_text="USD: the preferred figure, see source."
+    )
+    cost_source = models.CharField(max_length=16, choices=CostSource.choices, blank=True, default="")
+    computed_cost = models.DecimalField(
+        max_digits=22, decimal_places=12, null=True, blank=True, help_text="USD by our prices, whatever the source."
+    )
     error = models.TextField(blank=True, help_text="Shown to the user.")
     ttft_ms = models.PositiveIntegerField(null=True, blank=True)
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
@@ -211,6 +221,8 @@ class Message(models.Model):
         stop_reason: str = "",
         usage: Usage | None = None,
         cost: Decimal | None = None,
+        computed_cost: Decimal | None = None,
+        cost_source: str = CostSource.UNKNOWN,
         error: str = "",
         ttft_ms: int | None = None,
         duration_ms: int | None = None,
@@ -230,6 +242,8 @@ class Message(models.Model):
             "reasoning_tokens": usage.reasoning_tokens,
             "usage_source": usage.source,
             "cost": cost,
+            "computed_cost": computed_cost,
+            "cost_source": cost_source,
             "error": error,
             "ttft_ms": ttft_ms,
             "duration_ms": duration_ms,

@@ -54,7 +54,11 @@ def provider_named(name: str) -> Provider:
     )
     if name == "openai":
         return build_provider(
-            name, api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL, timeouts=timeouts
+            name,
+            api_key=settings.OPENAI_API_KEY,
+            base_url=settings.OPENAI_BASE_URL,
+            timeouts=timeouts,
+            usage_accounting=settings.OPENAI_USAGE_ACCOUNTING,
         )
     if name == "anthropic":
         return build_provider(

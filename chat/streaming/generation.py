@@ -220,13 +220,16 @@ class Generation(LiveReply):
         reply = self.reply
 
         def store() -> None:  # the price and the row in one thread hop
+            priced = pricing.price_reply(provider=reply.provider, model=reply.model, usage=usage)
             reply.finish(
                 status=status,
                 content=content,
                 thinking=thinking,
                 stop_reason=self.stop_reason,
                 usage=usage,
-                cost=pricing.priced_cost(provider=reply.provider, model=reply.model, usage=usage),
+                cost=priced.cost,
+                computed_cost=priced.computed_cost,
+                cost_source=priced.source,
                 error=error,
                 ttft_ms=None if self.first_token_at is None else round((self.first_token_at - self.started) * 1000),
                 duration_ms=round((now - self.started) * 1000),

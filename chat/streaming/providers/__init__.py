@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +17,8 @@ class Turn:
 @dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts as stored: input_tokens counts every prompt token, cache reads and writes included.
-    A field is None when the provider did not report it."""
+    A field is None when the provider did not report it. `cost` is what the provider said the reply cost,
+    in USD, exactly as it wrote it (OpenRouter, a LiteLLM proxy); None from every provider that does not."""
 
     input_tokens: int | None = None
     output_tokens: int | None = None
@@ -24,6 +26,7 @@ class Usage:
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
     source: str = "provider"
+    cost: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +107,12 @@ def build_provider(
     if name == "openai":
         from .openai import OpenAIProvider
 
-        return OpenAIProvider(api_key=api_key, base_url=base_url, timeouts=timeouts)
+        return OpenAIProvider(
+            api_key=api_key,
+            base_url=base_url,
+            timeouts=timeouts,
+            usage_accounting=bool(options.get("usage_accounting", False)),
+        )
     if name == "anthropic":
         from .anthropic import AnthropicProvider
 

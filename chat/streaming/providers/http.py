@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import Decimal
 from html import unescape
 from typing import Any
 
@@ -249,10 +250,16 @@ async def aclose_shared_client() -> None:
         await client.aclose()
 
 
-def decode(data: str) -> Any:
-    """One SSE data line's JSON; a line that is not JSON ends the reply rather than being skipped."""
+# Decimal for every number with a fraction or an exponent: a provider's cost is kept to its last digit, never
+# rounded through a float. The C scanner still does the work; it calls Decimal only where a float would be.
+_exact = json.JSONDecoder(parse_float=Decimal)
+
+
+def decode(data: str, *, exact: bool = False) -> Any:
+    """One SSE data line's JSON; a line that is not JSON ends the reply rather than being skipped.
+    `exact`: non-integer numbers as Decimal, as written, instead of float."""
     try:
-        return json.loads(data)
+        return _exact.decode(data) if exact else json.loads(data)
     except ValueError as exc:
         raise ProviderError("The model sent a malformed event; the reply was stopped.") from exc
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Sequence
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from . import (
@@ -27,15 +29,22 @@ NON_RETRYABLE_ERROR_TYPES = frozenset(
     {"invalid_request_error", "authentication_error", "permission_error", "BadRequestError", "NotFoundError"}
 )
 UNFINISHED = "The model ended the stream before the reply was finished (it sent no finish reason)."
+# A reported cost at or above this many USD for one reply is a broken figure, not a price (decision 0036).
+MAX_REPORTED_COST = Decimal(1_000_000)
+MAX_COST_CHARS = 64  # a cost sent as a string: longer is no amount
+
+logger = logging.getLogger(__name__)
 
 
 class OpenAIProvider(Provider):
     name = "openai"
 
-    def __init__(self, *, api_key: str, base_url: str, timeouts: Timeouts) -> None:
+    def __init__(self, *, api_key: str, base_url: str, timeouts: Timeouts, usage_accounting: bool = False) -> None:
         self.api_key = api_key
         self.base_url = (base_url or OFFICIAL_BASE_URL).rstrip("/")
         self.timeouts = timeouts
+        # OpenRouter's `"usage": {"include": true}`: off for other servers, some of which reject unknown fields.
+        self.usage_accounting = usage_accounting
 
     def request_payload(self, *, model: str, messages: Sequence[Turn], system: str, max_tokens: int) -> dict[str, Any]:
         turns = ([{"role": "system", "content": system}] if system else []) + [
@@ -43,13 +52,16 @@ class OpenAIProvider(Provider):
         ]
         # OpenAI's reasoning models reject max_tokens; compatible servers mostly know only max_tokens.
         limit_key = "max_completion_tokens" if self.base_url == OFFICIAL_BASE_URL else "max_tokens"
-        return {
+        payload: dict[str, Any] = {
             "model": model,
             "messages": turns,
             "stream": True,
             "stream_options": {"include_usage": True},
             limit_key: max_tokens,
         }
+        if self.usage_accounting:
+            payload["usage"] = {"include": True}
+        return payload
 
     def stream(
         self, *, model: str, messages: Sequence[Turn], system: str = "", max_tokens: int = 4096
@@ -75,7 +87,7 @@ class OpenAIProvider(Provider):
                     raise ProviderError(UNFINISHED, retryable=True)
                 if not sse.data:
                     continue
-                for event in parser.feed(decode(sse.data)):
+                for event in parser.feed(decode(sse.data, exact=True)):
                     yield event
                     if type(event) is StreamError:
                         return  # an error is the stream's last word, whether or not [DONE] follows
@@ -152,8 +164,38 @@ def usage_from(raw: dict[str, Any]) -> Usage:
         cache_read_tokens=_int(prompt_details.get("cached_tokens")),
         cache_write_tokens=None,  # OpenAI does not report cache writes
         reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        cost=reported_cost(raw.get("cost")),
     )
 
 
+def reported_cost(value: Any) -> Decimal | None:
+    """`usage.cost` (OpenRouter's credits, which are USD; a LiteLLM proxy's USD) as sent, or None.
+
+    The chunk was decoded with Decimal for fractions, so 0.000123456789 arrives with every digit; an int or a
+    numeric string is taken too. A negative, non-numeric, infinite or absurdly large figure is ignored, with
+    a warning, and the reply is then priced by our own prices."""
+    if value is None:
+        return None
+    amount: Decimal | None = None
+    if isinstance(value, Decimal):
+        amount = value
+    elif isinstance(value, int) and not isinstance(value, bool):
+        amount = Decimal(value)
+    elif isinstance(value, float):  # NaN and Infinity, which json gives as floats whatever parse_float says
+        amount = Decimal(repr(value))
+    elif isinstance(value, str) and len(value) <= MAX_COST_CHARS:
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation:
+            amount = None
+    if amount is None or not amount.is_finite() or amount < 0 or amount >= MAX_REPORTED_COST:
+        logger.warning("ignored the cost the provider reported: %.80r", value)
+        return None
+    return Decimal(0) if amount.is_zero() else amount  # -0 is a free reply too
+
+
 def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and value >= 0 else None
+    if isinstance(value, Decimal):  # a count written as 12.0
+        return int(value) if value.is_finite() and value >= 0 else None
+    # NaN compares false and Infinity is no count, so neither passes.
+    return int(value) if isinstance(value, int | float) and 0 <= value < float("inf") else None
