@@ -228,9 +228,10 @@ def feed_time(size: int, packet: int = 1024) -> float:
     best = float("inf")
     for _ in range(3):
         decoder = EventStreamDecoder(max_event_bytes=2 * size + 1024)
-        started = time.perf_counter()
+        # This thread's CPU time, not the wall clock: other processes on a shared machine do not count.
+        started = time.thread_time()
         events = [e for p in packets for e in decoder.feed(p)]
-        best = min(best, time.perf_counter() - started)
+        best = min(best, time.thread_time() - started)
         assert len(events) == 1 and len(events[0].data) == size
     return best
 
