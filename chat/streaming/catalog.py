@@ -10,7 +10,6 @@ from typing import Any
 from django.conf import settings
 
 from chat.models import GroupPolicy
-
 from chat.streaming.providers import Provider, Timeouts, build_provider
 from chat.streaming.providers.http import configure_client
 
