@@ -47,14 +47,13 @@ class Command(BaseCommand):
             header.append("monthly budget")
             lines = [[*line, budget_cell(row)] for line, row in zip(lines, [*rows, None], strict=True)]
         widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-        self.stdout.write(f"Costs per {by}, {period.since} to {period.until} (UTC)")
+        overlap = "; a user in several groups counts in each, so the rows can add up to more" if by == "group" else ""
+        self.stdout.write(f"Costs per {by}, {period.since} to {period.until} (UTC){overlap}")
         self.stdout.write(format_line(header, widths))
         for line in lines[:-1]:
             self.stdout.write(format_line(line, widths))
         self.stdout.write(format_line(["-" * width for width in widths], widths))
         self.stdout.write(format_line(lines[-1], widths))
-        if by == "group":
-            self.stdout.write("A user in several groups counts in each: the rows can add up to more than the total.")
         if total.without_cost:
             self.stdout.write(f"{total.without_cost} finished replies have no cost (usage unknown or no price).")
 
