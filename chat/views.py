@@ -56,9 +56,10 @@ def page_context(request: HttpRequest, conversation: Conversation | None = None,
 
 
 def model_refused(request: HttpRequest, model: str) -> str | None:
-    """Why the user may not start a reply with this model now (their groups' lists), or None."""
+    """Why the user may not start a reply with this model now (their groups' lists), or None. Only the groups'
+    lists: a conversation's model that CHAT_MODELS no longer offers is still answered, as before groups."""
     access = model_access(request)
-    return None if access.allows(model) else access.why_not(model)
+    return None if access.refused_by(model) is None else access.why_not(model)
 
 
 def conversation_context(request: HttpRequest, conversation: Conversation, form: MessageForm | None = None) -> dict:
