@@ -1,4 +1,5 @@
-"""The admin: what each reply cost, who spent it, on which model, which replies went wrong; prices and limits."""
+"""The admin: what each reply cost, who spent it, on which model, which replies went wrong; prices, limits, and
+the groups' budgets and models."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from urllib.parse import urlencode
 
 from django import forms
 from django.contrib import admin
+from django.contrib.auth.admin import GroupAdmin
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet, Sum, Value
 from django.db.models.functions import Coalesce
@@ -20,8 +23,9 @@ from django.utils.safestring import SafeString
 
 from chat.costs import pricing, reports
 from chat.costs.limits import default_budget, month_start
-from chat.models import Conversation, Message, ModelPrice, Role, SpendingLimit
+from chat.models import Conversation, GroupPolicy, Message, ModelPrice, Role, SpendingLimit
 from chat.models.choices import CostSource
+from chat.streaming import catalog
 from chat.templatetags.chat_tags import usd
 
 # The longest period the report page draws day by day; `manage.py chat_costs` has no such cap.
@@ -321,6 +325,10 @@ class MessageAdmin(ReadOnlyAdmin):
                 lookups = {**base, "created_at__gte": day.start, "created_at__lt": day.end}
             elif by == "user":
                 lookups = {**base, "conversation__user__id__exact": row.ref}
+            elif by == "group":
+                # The group's page (its members, budget and models): the message list cannot filter by group.
+                linked.append((row, reverse("admin:auth_group_change", args=[row.ref])))
+                continue
             else:
                 provider, _, model = row.key.partition(":")
                 lookups = {**base, "provider__exact": provider, "model__exact": model}
@@ -395,3 +403,61 @@ class SpendingLimitAdmin(admin.ModelAdmin):
         default = "no limit" if budget is None else usd(budget)
         context = {**(extra_context or {}), "title": f"Spending limits (default for everybody else: {default})"}
         return super().changelist_view(request, extra_context=context)
+
+
+class GroupPolicyForm(forms.ModelForm):
+    """The models as checkboxes of the offered ones; a stored id no longer offered is refused by name."""
+
+    models = forms.MultipleChoiceField(
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="The models members may use. None ticked: all of them. A user in several groups may use only "
+        "the models every one of their groups allows.",
+    )
+
+    class Meta:
+        model = GroupPolicy
+        fields = ["monthly_usd", "models"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["models"].choices = [(choice.id, choice.label) for choice in catalog.offered_models()]
+        self.fields["models"].error_messages["invalid_choice"] = (
+            "%(value)s is not one of the models offered here (CHAT_MODELS): untick it."
+        )
+
+    def clean_monthly_usd(self) -> Decimal | None:
+        value = self.cleaned_data.get("monthly_usd")
+        if value is not None and value < 0:
+            raise forms.ValidationError("A budget cannot be negative; leave it blank for no group budget.")
+        return value
+
+
+class GroupPolicyInline(admin.StackedInline):
+    model = GroupPolicy
+    form = GroupPolicyForm
+    can_delete = False
+    max_num = 1
+    verbose_name = verbose_name_plural = "Chat budget and models"
+
+
+admin.site.unregister(Group)
+
+
+@admin.register(Group)
+class ChatGroupAdmin(GroupAdmin):
+    """Django's group admin, with the group's chat budget and models inline."""
+
+    inlines = [*GroupAdmin.inlines, GroupPolicyInline]
+    list_display = ["name", "budget", "models_allowed"]
+    list_select_related = ["chat_policy"]
+
+    @admin.display(description="monthly budget (shared)")
+    def budget(self, group: Group) -> str:
+        policy = getattr(group, "chat_policy", None)
+        return "no budget" if policy is None or policy.monthly_usd is None else usd(policy.monthly_usd)
+
+    @admin.display(description="models")
+    def models_allowed(self, group: Group) -> str:
+        policy = getattr(group, "chat_policy", None)
+        return "all" if policy is None or not policy.models else ", ".join(policy.models)

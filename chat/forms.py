@@ -22,8 +22,9 @@ class MessageForm(forms.Form):
     # A one-time key rendered into the form: a double submit of the same form finds the first reply.
     request_key = forms.CharField(required=False, max_length=64, widget=forms.HiddenInput)
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, access: catalog.ModelAccess | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.access = access or catalog.ModelAccess()  # the user's model permissions; none given: no group's
         # For chat.js, which refuses a longer text before sending it. Not maxlength: the browser would
         # cut a long paste short without a word.
         self.fields["text"].widget.attrs["data-max-chars"] = settings.CHAT_MAX_MESSAGE_CHARS
@@ -41,12 +42,14 @@ class MessageForm(forms.Form):
         return text
 
     def clean_model(self) -> str:
-        return offered(self.cleaned_data.get("model", ""))
+        return allowed(self.cleaned_data.get("model", ""), self.access)
 
 
-def offered(model: str) -> str:
+def allowed(model: str, access: catalog.ModelAccess) -> str:
     if model and not catalog.is_offered(model):
         raise forms.ValidationError("That model is not available here: choose another one from the list.")
+    if model and not access.allows(model):
+        raise forms.ValidationError(access.why_not(model))
     return model
 
 
@@ -72,8 +75,12 @@ class SettingsForm(forms.Form):
     model = forms.CharField(required=False)
     system_prompt = forms.CharField(required=False, strip=True, widget=forms.Textarea(attrs={"rows": 4}))
 
+    def __init__(self, *args: Any, access: catalog.ModelAccess | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.access = access or catalog.ModelAccess()
+
     def clean_model(self) -> str:
-        return offered(self.cleaned_data.get("model", ""))
+        return allowed(self.cleaned_data.get("model", ""), self.access)
 
     def clean_system_prompt(self) -> str:
         prompt = self.cleaned_data.get("system_prompt", "")

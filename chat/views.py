@@ -27,19 +27,39 @@ if TYPE_CHECKING:
 PAGE = "chat/conversation.html"
 
 
-def composer_form(conversation: Conversation) -> MessageForm:
-    return MessageForm(initial={"model": conversation.model, "request_key": uuid.uuid4().hex})
+def model_access(request: HttpRequest) -> catalog.ModelAccess:
+    """The user's model permissions, read once per request (the picker, the form and the check share them)."""
+    if not hasattr(request, "chat_model_access"):
+        request.chat_model_access = catalog.access_for(request.user)  # type: ignore[attr-defined]
+    return request.chat_model_access  # type: ignore[attr-defined]
+
+
+def composer_form(request: HttpRequest, conversation: Conversation) -> MessageForm:
+    access = model_access(request)
+    # A model the user may no longer use is not preselected: the picker starts on the first allowed one.
+    model = conversation.model if access.allows(conversation.model) else access.default()
+    return MessageForm(initial={"model": model, "request_key": uuid.uuid4().hex}, access=access)
 
 
 def page_context(request: HttpRequest, conversation: Conversation | None = None, **extra: Any) -> dict[str, Any]:
-    """What every chat page shows around the conversation: the sidebar and the model picker."""
+    """What every chat page shows around the conversation: the sidebar and the model picker (the user's models)."""
+    access = model_access(request)
+    models = access.models()
     return {
         "sidebar": Sidebar(request.user),
         "conversation": conversation,
-        "models": catalog.offered_models(),
-        "default_model": catalog.default_model(),
+        "models": models,
+        "default_model": access.default(),
+        "no_model": "" if models else f"No model is available to you: {access.none_available()}",
         **extra,
     }
+
+
+def model_refused(request: HttpRequest, model: str) -> str | None:
+    """Why the user may not start a reply with this model now (their groups' lists), or None. Only the groups'
+    lists: a conversation's model that CHAT_MODELS no longer offers is still answered, as before groups."""
+    access = model_access(request)
+    return None if access.refused_by(model) is None else access.why_not(model)
 
 
 def conversation_context(request: HttpRequest, conversation: Conversation, form: MessageForm | None = None) -> dict:
@@ -50,7 +70,7 @@ def conversation_context(request: HttpRequest, conversation: Conversation, form:
         chat_messages=chat_messages,
         newest=chat_messages[-1] if chat_messages else None,
         busy=bool(chat_messages) and not chat_messages[-1].is_finished,
-        form=form or composer_form(conversation),
+        form=form or composer_form(request, conversation),
     )
 
 
@@ -102,7 +122,7 @@ def refused(
     if form is None and request.htmx:
         response = page_notice(request, conversation, refusal.message, status=refusal.status)
     else:
-        form = form or composer_form(conversation)
+        form = form or composer_form(request, conversation)
         form.add_error(None, refusal.message)
         response = with_composer(request, conversation, form, status=refusal.status)
     response["Retry-After"] = str(refusal.retry_after)
@@ -121,7 +141,7 @@ def with_composer(request: HttpRequest, conversation: Conversation, form: Messag
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
     """The start page; with ?before=, the sidebar's next page of older conversations."""
-    form = NewConversationForm(initial={"model": catalog.default_model()})
+    form = NewConversationForm(initial={"model": model_access(request).default()}, access=model_access(request))
     context = page_context(request, form=form)
     if before := request.GET.get("before"):
         try:
@@ -138,10 +158,13 @@ def index(request: HttpRequest) -> HttpResponse:
 @require_POST
 def new_conversation(request: HttpRequest) -> HttpResponse:
     """New chat, or the first page's composer: with text, the conversation starts with that question."""
-    form = NewConversationForm(request.POST)
+    form = NewConversationForm(request.POST, access=model_access(request))
     if not form.is_valid():
         return render(request, "chat/index.html", page_context(request, form=form), status=400)
-    text, model = form.cleaned_data["text"], form.cleaned_data["model"] or catalog.default_model()
+    text, model = form.cleaned_data["text"], form.cleaned_data["model"] or model_access(request).default()
+    if text and (why := model_refused(request, model)):
+        form.add_error("model", why)
+        return render(request, "chat/index.html", page_context(request, form=form), status=400)
     if text and (refusal := limits.refusal(request.user)):
         form.add_error(None, refusal.message)
         response = render(request, "chat/index.html", page_context(request, form=form), status=refusal.status)
@@ -176,8 +199,11 @@ def conversation_updates(request: HttpRequest, conversation_id: int) -> HttpResp
 @require_POST
 def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = users_conversation(request, conversation_id)
-    form = MessageForm(request.POST)
+    form = MessageForm(request.POST, access=model_access(request))
     if not form.is_valid():
+        return with_composer(request, conversation, form, status=400)
+    if why := model_refused(request, form.cleaned_data["model"] or conversation.model):
+        form.add_error("model", why)
         return with_composer(request, conversation, form, status=400)
     standing = limits.check(request.user)
     if standing.refusal:
@@ -187,7 +213,7 @@ def send_message(request: HttpRequest, conversation_id: int) -> HttpResponse:
     if not request.htmx:
         return redirect("chat:conversation", conversation_id=conversation.pk)
     # The new reply has no cost yet, so the spend just read is still the composer's figure.
-    return exchange(request, conversation, reply, form=composer_form(conversation), spend=standing.spend)
+    return exchange(request, conversation, reply, form=composer_form(request, conversation), spend=standing.spend)
 
 
 def another_reply(
@@ -199,6 +225,8 @@ def another_reply(
     """Start a new reply from one of the user's replies (Retry, Regenerate, Continue), within the limits."""
     reply = users_reply(request, message_id)
     conversation = reply.conversation
+    if why := model_refused(request, conversation.model):
+        return page_notice(request, conversation, f"{why} Then press the button again.", status=400)
     if refusal := limits.refusal(request.user):
         return refused(request, refusal, conversation)
     try:
@@ -250,6 +278,8 @@ def edit_message(request: HttpRequest, message_id: int) -> HttpResponse:
     if not form.is_valid():
         message = " ".join(error for errors in form.errors.values() for error in errors)
         return page_notice(request, conversation, f"{message} Your edit was not sent.", status=400)
+    if why := model_refused(request, conversation.model):
+        return page_notice(request, conversation, f"{why} Then save your edit again.", status=400)
     if refusal := limits.refusal(request.user):
         return refused(request, refusal, conversation)
     try:
@@ -291,7 +321,7 @@ def delete_conversation(request: HttpRequest, conversation_id: int) -> HttpRespo
 @require_POST
 def conversation_settings(request: HttpRequest, conversation_id: int) -> HttpResponse:
     conversation = users_conversation(request, conversation_id)
-    form = SettingsForm(request.POST)
+    form = SettingsForm(request.POST, access=model_access(request))
     if form.is_valid():
         conversation.configure(**form.changes())
     if not request.htmx:

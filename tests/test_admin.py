@@ -348,3 +348,96 @@ def test_every_admin_page_has_the_chat_favicon(django_user_model: Any) -> None:
     # The chat's add pages are closed (replies are written by the app): our 403 page says so, and where to go.
     refused = admin.get("/admin/chat/conversation/add/")
     assert refused.status_code == 403 and "Go to your chats" in refused.content.decode()
+
+
+# Groups: the chat policy inline, and the report per group.
+
+GROUP_MODELS = ["openai:gpt-4o-mini", "anthropic:claude-sonnet-4-5", "demo:demo"]
+
+
+def policy_post(name: str, **policy: Any) -> dict[str, Any]:
+    prefix = "chat_policy"
+    return {
+        "name": name,
+        f"{prefix}-TOTAL_FORMS": "1",
+        f"{prefix}-INITIAL_FORMS": "0",
+        f"{prefix}-MIN_NUM_FORMS": "0",
+        f"{prefix}-MAX_NUM_FORMS": "1",
+        **{f"{prefix}-0-{field}": value for field, value in policy.items()},
+    }
+
+
+def test_a_group_gets_its_budget_and_models_in_the_group_admin(admin_client: Client, settings) -> None:
+    from django.contrib.auth.models import Group
+
+    from chat.models import GroupPolicy
+
+    settings.CHAT_MODELS = GROUP_MODELS
+    page = admin_client.get("/admin/auth/group/add/").content.decode()
+    assert "Chat budget and models" in page
+    assert page.count('type="checkbox" name="chat_policy-0-models"') == 3 and "Demo model (offline, no API key)" in page
+    response = admin_client.post(
+        "/admin/auth/group/add/",
+        policy_post("Research", monthly_usd="50", models=["openai:gpt-4o-mini", "demo:demo"]),
+    )
+    assert response.status_code == 302, response.content.decode()
+    policy = GroupPolicy.objects.get(group__name="Research")
+    assert (policy.monthly_usd, policy.models) == (Decimal(50), ["openai:gpt-4o-mini", "demo:demo"])
+    listing = admin_client.get("/admin/auth/group/").content.decode()
+    assert "$50.00" in listing and "openai:gpt-4o-mini, demo:demo" in listing
+    # A model that is not offered, and a negative budget, are refused with a clear error.
+    response = admin_client.post("/admin/auth/group/add/", policy_post("Bad", models=["openai:gpt-5-pro"]))
+    assert response.status_code == 200
+    assert (
+        "openai:gpt-5-pro is not one of the models offered here (CHAT_MODELS): untick it." in response.content.decode()
+    )
+    response = admin_client.post("/admin/auth/group/add/", policy_post("Negative", monthly_usd="-1"))
+    assert "A budget cannot be negative" in response.content.decode()
+    assert not Group.objects.filter(name__in=["Bad", "Negative"]).exists()
+
+
+def with_groups(data: Data) -> None:
+    from django.contrib.auth.models import Group
+
+    from chat.models import GroupPolicy
+
+    research = Group.objects.create(name="Research")
+    research.user_set.add(data.ann, data.ben)
+    GroupPolicy.objects.create(group=research, monthly_usd=Decimal(50))
+    Group.objects.create(name=HOSTILE_TITLE).user_set.add(data.ann, data.eve)
+    Group.objects.create(name="Nobody")
+
+
+def test_the_report_has_totals_per_group_checked_by_hand(admin_client: Client, data: Data) -> None:
+    with_groups(data)
+    page = report(admin_client)
+    by_group = rows_of(page, "by-group")
+    # By hand, October: ann $0.000129 + $0.00372 = $0.003849 (4 replies, 1 without a cost), ben $1.25 (2, 1),
+    # eve $0.5 (2, 1). Research = ann + ben = $1.253849 (6, 2), budget $50; the hostile group = ann + eve =
+    # $0.503849 (6, 2), no budget. Their sum, $1.757698, is more than the total ($1.753849): ann is in both.
+    tokens_in, tokens_out = 1200 + 2530 + 5_000_000 + 100, 40 + 77 + 833_333 + 10
+    assert by_group["Research"] == ["6", str(tokens_in), str(tokens_out), "1.253849", "2", "50.000000"]
+    assert by_group[HOSTILE_TITLE][3:] == ["0.503849", "2", "none"]
+    assert by_group["Total"][3] == "1.757698" and "Nobody" not in by_group
+    shown = rows_of(page, "by-group", exact=False)  # the one money format on the page, the exact figure in its title
+    assert shown["Research"][3:] == ["1.25", "2", "50.00"] and shown[HOSTILE_TITLE][3] == "0.50"
+    assert by_group["Research"][3] == f"{october_costs(conversation__user__in=[data.ann, data.ben]):.6f}"
+    assert by_group[HOSTILE_TITLE][3] == f"{october_costs(conversation__user__in=[data.ann, data.eve]):.6f}"
+    assert "rows per group can overlap" in page
+    assert_escaped(page)
+    # Each row links to its group's admin page (members, budget, models).
+    links = re.findall(r'<th scope="row"><a href="(/admin/auth/group/\d+/change/)">', module(page, "by-group"))
+    assert len(links) == 2 and all(admin_client.get(link).status_code == 200 for link in links)
+
+
+def test_the_group_csv_matches_the_page_with_its_budget(admin_client: Client, data: Data) -> None:
+    with_groups(data)
+    page_rows = rows_of(report(admin_client), "by-group")
+    response = admin_client.get(REPORT, {**OCTOBER, "export": "group"})
+    assert "costs-by-group-2026-10-01-to-2026-10-31.csv" in response["Content-Disposition"]
+    header, *lines = list(csv.reader(io.StringIO(response.content.decode())))
+    tokens = ["input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"]
+    assert header == ["group", "replies", *tokens, "cost_usd", "without_cost", "budget_usd"]
+    csv_rows = {key: [n, i, o, cost, w, b] for key, n, i, _cr, _cw, o, cost, w, b in lines}
+    assert csv_rows["Research"][5] == "50.000000" and csv_rows[HOSTILE_TITLE][5] == "" and csv_rows["Total"][5] == ""
+    assert csv_rows == {**page_rows, HOSTILE_TITLE: [*page_rows[HOSTILE_TITLE][:5], ""]}  # "none" on the page

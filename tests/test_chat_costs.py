@@ -74,3 +74,18 @@ def test_it_refuses_bad_arguments(args: list[str]) -> None:
 def test_an_empty_period_prints_a_zero_total() -> None:
     rows: dict[str, Any] = terminal_rows(chat_costs("--since", "2020-01-01", "--until", "2020-01-31"))
     assert rows == {"Total": ["0", "0", "0", "0.000000", "0"]}
+
+
+def test_it_prints_the_per_group_totals_of_the_admin_report(admin_client: Client, data: Data) -> None:
+    from tests.test_admin import with_groups
+
+    with_groups(data)
+    page = rows_of(admin_client.get(REPORT, OCTOBER).content.decode(), "by-group")
+    text = chat_costs("--since", "2026-10-01", "--until", "2026-10-31", "--by", "group")
+    rows = terminal_rows(text)
+    assert rows["Research"] == page["Research"] and rows["Research"][5] == "50.000000"
+    assert rows["Total"] == page["Total"][:5] and rows["Total"][3] == "1.757698"  # no budget on the total line
+    assert rows == {**page, "Total": page["Total"][:5]}
+    assert text.splitlines()[0].endswith("a user in several groups counts in each, so the rows can add up to more")
+    exported = admin_client.get(REPORT, {**OCTOBER, "export": "group"}).content.decode()
+    assert chat_costs("--since", "2026-10-01", "--until", "2026-10-31", "--by", "group", "--csv") == exported

@@ -1,11 +1,12 @@
-"""Cost totals per day, user or model over a period: the one source of the admin report, its CSV and chat_costs."""
+"""Cost totals per day, user, group or model over a period: the one source of the admin report, its CSV and
+chat_costs."""
 
 from __future__ import annotations
 
 import csv
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import IO, Any, Literal
@@ -15,10 +16,10 @@ from django.db.models import Count, F, Sum
 from django.db.models.functions import TruncDate
 
 from chat.costs.money import SMALLEST_SHOWN, usd
-from chat.models import WITHOUT_COST, Message, MessageQuerySet
+from chat.models import WITHOUT_COST, GroupPolicy, Message, MessageQuerySet
 
-Grouping = Literal["day", "user", "model"]
-GROUPINGS: tuple[Grouping, ...] = ("day", "user", "model")
+Grouping = Literal["day", "user", "group", "model"]
+GROUPINGS: tuple[Grouping, ...] = ("day", "user", "group", "model")
 CSV_HEADER = ["{by}", "replies", "input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"]
 CSV_HEADER += ["cost_usd", "without_cost"]
 MICRODOLLAR = Decimal("0.000001")
@@ -71,9 +72,16 @@ class Row:
     output_tokens: int
     cost: Decimal
     without_cost: int
-    ref: int | None = None  # the user's id in a per-user row, for links; not a column
+    ref: int | None = None  # the user's or group's id in a per-user or per-group row, for links; not a column
+    # A per-group row's monthly budget (None: none), a column of that table only; shown as is, whatever the period.
+    budget: Decimal | None = None
 
-    def csv_values(self) -> list[str]:
+    def csv_values(self, *, by: Grouping = "day") -> list[str]:
+        if by == "group":
+            return [*self._csv_values(), "" if self.budget is None else money(self.budget)]
+        return self._csv_values()
+
+    def _csv_values(self) -> list[str]:
         return [
             spreadsheet_safe(self.key),
             str(self.replies),
@@ -142,12 +150,27 @@ def totals(period: Period, *, by: Grouping, user: Any = None) -> list[Row]:
         username = f"conversation__user__{get_user_model().USERNAME_FIELD}"
         grouped = replies.values(group=F(username), ref=F("conversation__user"))
         rows = [_row(str(values["group"]), values) for values in grouped.annotate(**SUMS).order_by()]
+    elif by == "group":
+        rows = group_rows(replies)
     elif by == "model":
         grouped = replies.values("provider", "model")
         rows = [_row(f"{v['provider']}:{v['model']}", v) for v in grouped.annotate(**SUMS).order_by()]
     else:
         raise ValueError(f"unknown grouping {by!r}")
     return sorted(rows, key=lambda row: (-row.cost, row.key))
+
+
+def group_rows(replies: MessageQuerySet) -> list[Row]:
+    """A row per group: its members' replies (a user's in each of their groups, so rows can overlap), with
+    its budget. Members are the group's members now, as the budget check counts them."""
+    grouped = replies.filter(conversation__user__groups__isnull=False).values(
+        group=F("conversation__user__groups__name"), ref=F("conversation__user__groups")
+    )
+    budgets = dict(GroupPolicy.objects.values_list("group_id", "monthly_usd"))
+    return [
+        replace(_row(str(values["group"]), values), budget=budgets.get(values["ref"]))
+        for values in grouped.annotate(**SUMS).order_by()
+    ]
 
 
 def grand_total(period: Period, *, user: Any = None) -> Row:
@@ -182,9 +205,9 @@ def missing_cost_reason(reply: Message) -> str:
 
 def write_csv(rows: list[Row], out: IO[str], *, by: Grouping) -> None:
     writer = csv.writer(out)
-    writer.writerow([column.format(by=by) for column in CSV_HEADER])
+    writer.writerow([column.format(by=by) for column in CSV_HEADER] + (["budget_usd"] if by == "group" else []))
     for row in [*rows, sum_of(rows)]:
-        writer.writerow(row.csv_values())
+        writer.writerow(row.csv_values(by=by))
 
 
 @dataclass(frozen=True, slots=True)

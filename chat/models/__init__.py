@@ -9,6 +9,7 @@ from chat.models.conversation import (
     ReplyInProgress,
     title_from,
 )
+from chat.models.groups import GroupPolicy
 from chat.models.message import Message, MessageQuerySet
 from chat.models.prices import ModelPrice, SpendingLimit
 from chat.models.prompts import Prompt, latest_answers, prompt_from, turns_from
@@ -19,6 +20,7 @@ __all__ = [
     "WITHOUT_COST",
     "Conversation",
     "ConversationQuerySet",
+    "GroupPolicy",
     "Message",
     "MessageQuerySet",
     "ModelPrice",

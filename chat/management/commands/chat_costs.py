@@ -1,4 +1,4 @@
-"""`manage.py chat_costs`: the admin cost report's totals per day, user or model, in a terminal."""
+"""`manage.py chat_costs`: the admin cost report's totals per day, user, group or model, in a terminal."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ def iso_date(value: str) -> date:
 
 
 class Command(BaseCommand):
-    help = "Print reply costs per day, user or model since a date (UTC), as the admin's cost report shows them."
+    help = (
+        "Print reply costs per day, user, group or model since a date (UTC), as the admin's cost report shows them. "
+        "Per group, a user counts in each of their groups: the rows can overlap."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--since", type=iso_date, required=True, help="first day, YYYY-MM-DD (UTC)")
@@ -40,8 +43,12 @@ class Command(BaseCommand):
         total = reports.sum_of(rows)
         header = [by, "replies", "input tokens", "output tokens", "cost (USD)", "without cost"]
         lines = [cells(row) for row in [*rows, total]]
+        if by == "group":
+            header.append("monthly budget")
+            lines = [[*line, budget_cell(row)] for line, row in zip(lines, [*rows, None], strict=True)]
         widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-        self.stdout.write(f"Costs per {by}, {period.since} to {period.until} (UTC)")
+        overlap = "; a user in several groups counts in each, so the rows can add up to more" if by == "group" else ""
+        self.stdout.write(f"Costs per {by}, {period.since} to {period.until} (UTC){overlap}")
         self.stdout.write(format_line(header, widths))
         for line in lines[:-1]:
             self.stdout.write(format_line(line, widths))
@@ -60,6 +67,13 @@ def cells(row: reports.Row) -> list[str]:
         reports.money(row.cost),
         f"{row.without_cost:,}",
     ]
+
+
+def budget_cell(row: reports.Row | None) -> str:
+    """A group's monthly budget; none on the total line, "none" for a group without one."""
+    if row is None:
+        return ""
+    return "none" if row.budget is None else reports.money(row.budget)
 
 
 def format_line(cells: list[str], widths: list[int]) -> str:
