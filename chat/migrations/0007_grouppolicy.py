@@ -8,7 +8,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('auth', '0012_alter_user_first_name_max_length'),
-        ('chat', '0004_message_hidden_at_thinking_ms'),
+        ('chat', '0006_message_cost_source'),
     ]
 
     operations = [
