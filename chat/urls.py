@@ -20,4 +20,7 @@ urlpatterns = [
     path("replies/<int:message_id>/stop/", views.stop_reply, name="stop"),
     path("replies/<int:message_id>/regenerate/", views.regenerate_reply, name="regenerate"),
     path("replies/<int:message_id>/continue/", views.continue_reply, name="continue"),
+    path("search/", views.search_conversations, name="search"),
+    path("<int:conversation_id>/export.md", views.export_markdown, name="export_markdown"),
+    path("<int:conversation_id>/export.json", views.export_json, name="export_json"),
 ]
