@@ -142,6 +142,7 @@ def test_the_sidebar_has_a_search_box_named_for_what_it_does(client) -> None:
     assert '<label for="search-q" class="visually-hidden">Search conversations</label>' in page
     assert re.search(r'<form class="search" role="search" method="get" action="/chat/search/"', page)
     assert 'hx-trigger="input changed delay:250ms, search"' in page and 'hx-target="#search-results"' in page
+    assert "{#" not in page and "#}" not in page and "comment %}" not in page  # template comments stay out
 
 
 def test_search_needs_a_login() -> None:
