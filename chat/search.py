@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import connection
 from django.db.models import F, OuterRef, Q, Subquery, Value
@@ -20,6 +20,8 @@ from django.utils.safestring import SafeString, mark_safe
 from chat.models import Conversation, Message
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from django.contrib.auth.models import AbstractBaseUser
 
 MAX_QUERY_CHARS = 200
@@ -138,35 +140,11 @@ def _marked(before: str, match: str, after: str) -> SafeString:
 
 
 def _full_text(user: AbstractBaseUser, query: str) -> list[Result]:
-    from django.contrib.postgres.search import SearchQuery, SearchRank, SearchVector
+    from django.contrib.postgres.search import SearchQuery
 
     ts_query = SearchQuery(query, search_type="websearch", config=CONFIG)
-    # The same expression as the GIN index of migration 0005, so that the index answers the match.
-    content = SearchVector("content", config=CONFIG)
-    title = SearchVector("title", config=CONFIG)
-
-    matching = Message.objects.for_user(user).shown().annotate(document=content).filter(document=ts_query)
-    best_per_conversation = (
-        matching.annotate(rank=SearchRank(content, ts_query))
-        .order_by("conversation_id", "-rank", "pk")
-        .distinct("conversation_id")
-        .values("pk")
-    )
-    message_hits = list(
-        Message.objects.filter(pk__in=Subquery(best_per_conversation))
-        .annotate(rank=SearchRank(content, ts_query))
-        .order_by("-rank", "-pk")
-        .values_list("pk", "conversation_id", "rank")[:MAX_RESULTS]
-    )
-    title_hits = dict(
-        Conversation.objects.for_user(user)
-        .annotate(document=title)
-        .filter(Q(document=ts_query) | Q(title__icontains=query))
-        .annotate(rank=SearchRank(title, ts_query))
-        .order_by("-rank", "-updated_at")
-        .values_list("pk", "rank")[:MAX_RESULTS]
-    )
-    best_message = {conversation_id: (pk, rank) for pk, conversation_id, rank in message_hits}
+    best_message = _best_messages(user, ts_query)
+    title_hits = _title_hits(user, ts_query, query)
     ids = set(best_message) | set(title_hits)
     if not ids:
         return []
@@ -184,12 +162,12 @@ def _full_text(user: AbstractBaseUser, query: str) -> list[Result]:
         .values_list("pk", "marked")
     )
 
-    def score(pk: int) -> tuple[float, object, int]:
-        # A title match counts as much as a good message match: titles are short, and named on purpose.
-        rank = (title_hits.get(pk) or 0.0) * 2 + (best_message.get(pk, (0, 0.0))[1] or 0.0)
+    def score(pk: int) -> tuple[float, datetime, int]:
+        # A title match weighs double: titles are short, and named on purpose.
+        rank = 2 * (title_hits.get(pk) or 0.0) + (best_message[pk][1] if pk in best_message else 0.0)
         return (rank, conversations[pk].updated_at, pk)
 
-    ordered = sorted((pk for pk in ids if pk in conversations), key=score, reverse=True)[:MAX_RESULTS]
+    ordered = sorted(ids, key=score, reverse=True)[:MAX_RESULTS]
     return [
         Result(
             conversation=conversations[pk],
@@ -199,6 +177,46 @@ def _full_text(user: AbstractBaseUser, query: str) -> list[Result]:
         )
         for pk in ordered
     ]
+
+
+def _best_messages(user: AbstractBaseUser, ts_query: Any) -> dict[int, tuple[int, float]]:
+    """{conversation id: (its best-ranked matching message, that rank)} for the best MAX_RESULTS conversations."""
+    from django.contrib.postgres.search import SearchRank, SearchVector
+
+    # The same expression as the GIN index of migration 0005, so that the index answers the match.
+    content = SearchVector("content", config=CONFIG)
+    best_per_conversation = (
+        Message.objects.for_user(user)
+        .shown()
+        .annotate(document=content)
+        .filter(document=ts_query)
+        .annotate(rank=SearchRank(content, ts_query))
+        .order_by("conversation_id", "-rank", "pk")
+        .distinct("conversation_id")
+        .values("pk")
+    )
+    hits = (
+        Message.objects.filter(pk__in=Subquery(best_per_conversation))
+        .annotate(rank=SearchRank(content, ts_query))
+        .order_by("-rank", "-pk")
+        .values_list("pk", "conversation_id", "rank")[:MAX_RESULTS]
+    )
+    return {conversation_id: (pk, rank) for pk, conversation_id, rank in hits}
+
+
+def _title_hits(user: AbstractBaseUser, ts_query: Any, query: str) -> dict[int, float]:
+    """{conversation id: rank} of titles that match the words, or contain the query as typed."""
+    from django.contrib.postgres.search import SearchRank, SearchVector
+
+    title = SearchVector("title", config=CONFIG)
+    return dict(
+        Conversation.objects.for_user(user)
+        .annotate(document=title)
+        .filter(Q(document=ts_query) | Q(title__icontains=query))
+        .annotate(rank=SearchRank(title, ts_query))
+        .order_by("-rank", "-updated_at")
+        .values_list("pk", "rank")[:MAX_RESULTS]
+    )
 
 
 class _Sentinels:
@@ -213,10 +231,10 @@ class _Sentinels:
         self.start, self.stop = f"qs{token}q", f"qe{token}q"
         self.stand_ins = {"<": f"ql{token}q", "&": f"qa{token}q"}
 
-    def headline(self, field: str, ts_query: object, *, highlight_all: bool) -> object:
+    def headline(self, field: str, ts_query: Any, *, highlight_all: bool) -> Any:
         from django.contrib.postgres.search import SearchHeadline
 
-        text: object = F(field)
+        text: Any = F(field)
         for char, stand_in in self.stand_ins.items():
             text = Replace(text, Value(char), Value(f" {stand_in} "))
         options = {"highlight_all": True} if highlight_all else {"max_words": 30, "min_words": 12}
