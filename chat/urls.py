@@ -22,4 +22,7 @@ urlpatterns = [
     path("replies/<int:message_id>/regenerate/", views.regenerate_reply, name="regenerate"),
     path("replies/<int:message_id>/continue/", views.continue_reply, name="continue"),
     path("usage/", views.usage_page, name="usage"),
+    path("search/", views.search_conversations, name="search"),
+    path("<int:conversation_id>/export.md", views.export_markdown, name="export_markdown"),
+    path("<int:conversation_id>/export.json", views.export_json, name="export_json"),
 ]

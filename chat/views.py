@@ -12,8 +12,10 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 
+from chat import export, search
 from chat.costs import limits
 from chat.costs.usage import usage_of
 from chat.forms import MessageForm, NewConversationForm, RenameForm, SettingsForm
@@ -382,3 +384,36 @@ def demo_login(request: HttpRequest) -> HttpResponse:
 def usage_page(request: HttpRequest) -> HttpResponse:
     """The user's own spend: this month and last, by day and by model, and what is left of the budget."""
     return render(request, "chat/usage.html", {"usage": usage_of(request.user, month=request.GET.get("month"))})
+
+
+@login_required
+@require_GET
+def search_conversations(request: HttpRequest) -> HttpResponse:
+    """The sidebar's search: for htmx, the results to put over the list; without JavaScript, the first page
+    with them in the sidebar."""
+    found = search.find(request.user, request.GET.get("q", ""))
+    if request.htmx:
+        return render(request, f"{PAGE}#search_results", {"found": found})
+    form = NewConversationForm(initial={"model": model_access(request).default()}, access=model_access(request))
+    return render(request, "chat/index.html", page_context(request, form=form, found=found))
+
+
+def exported(request: HttpRequest, conversation_id: int, extension: str, content_type: str) -> HttpResponse:
+    """The user's conversation and its shown messages as a download (hidden ones left out, as on the page)."""
+    conversation = users_conversation(request, conversation_id)
+    build = export.as_markdown if extension == "md" else export.as_json
+    response = HttpResponse(build(conversation, list(conversation.messages.shown())), content_type=content_type)
+    response["Content-Disposition"] = content_disposition_header(True, export.filename(conversation, extension))
+    return response
+
+
+@login_required
+@require_GET
+def export_markdown(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    return exported(request, conversation_id, "md", "text/markdown; charset=utf-8")
+
+
+@login_required
+@require_GET
+def export_json(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    return exported(request, conversation_id, "json", "application/json; charset=utf-8")

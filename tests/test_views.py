@@ -151,7 +151,7 @@ def test_a_send_returns_the_exchange_and_refreshes_composer_title_and_sidebar(cl
     assert "<h1>Soup, please</h1>" in body  # titled from the first message
     # Only this conversation's sidebar item, retitled, to put at the top: not the whole list again.
     item = f'<li id="conversation-{conversation.pk}" class="current">'
-    assert f'<div hx-swap-oob="afterbegin:#conversation-list">\n{item}' in body and ">Soup, please</a>" in body
+    assert f'<div hx-swap-oob="afterend:.group-today">\n{item}' in body and ">Soup, please</a>" in body
     assert 'id="sidebar"' not in body and "An older chat" not in body
 
 

@@ -5,13 +5,12 @@ from django.db import migrations, models
 
 # Existing rows keep cost_source "" (unknown) and computed_cost NULL: which price made an old cost cannot be told
 # for certain now (a price row may have been edited or deleted since), so no backfill guesses it (decision 0036).
-# Numbered 0006 beside a parallel 0005; the dependency is re-linked when both are merged.
 
 
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0004_message_hidden_at_thinking_ms'),
+        ('chat', '0005_message_content_search_index'),
     ]
 
     operations = [

@@ -524,3 +524,19 @@ document.addEventListener("htmx:oobBeforeSwap", (event) => {
     if (old) old.remove();
   }
 });
+
+// --- time zone ---
+// The sidebar groups conversations by the user's own day (Today, Yesterday, ...): tell the server which
+// zone that is, for chat/timezone.py. A zone that changes (travel) is picked up on the next page.
+(() => {
+  let zone = "";
+  try {
+    zone = Intl.DateTimeFormat().resolvedOptions().timeZone || "";
+  } catch (error) {
+    return;
+  }
+  if (!/^[A-Za-z0-9_+\-]+(\/[A-Za-z0-9_+\-]+)*$/.test(zone) || zone.length > 64) return;
+  if (document.cookie.split("; ").includes(`tz=${zone}`)) return;
+  const secure = location.protocol === "https:" ? "; secure" : "";
+  document.cookie = `tz=${zone}; path=/; max-age=31536000; samesite=lax${secure}`;
+})();
