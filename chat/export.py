@@ -28,8 +28,11 @@ def utc(moment: datetime | None) -> str | None:
 
 
 def exact(cost: Decimal | None) -> str | None:
-    # Fixed-point, never "1E-7": the digits stored, as stored.
-    return None if cost is None else format(cost, "f")
+    # Fixed-point, never "1E-7": every digit stored, without the zeros the column's scale pads it with
+    # (0.000123456700 is 0.0001234567), and "0" for a free reply.
+    if cost is None:
+        return None
+    return format(cost.normalize(), "f") if cost else "0"
 
 
 def message_record(message: Message) -> dict[str, Any]:

@@ -117,7 +117,7 @@ def test_markdown_reads_as_the_conversation_with_a_meta_line_per_reply(client, c
     assert "Use a **torch**.\n\n```sh\necho done\n```" in text
     meta = next(line for line in text.splitlines() if "in ·" in line)
     assert "1,200 in · 345 out (1,000 cache read, 64 reasoning)" in meta
-    assert "$0.000123" in meta  # the page's `usd` format
+    assert "$0.00012" in meta  # the page's `usd` format
     assert "first token 420 ms" in meta and "took 2,345 ms" in meta and "completed (stop)" in meta
     assert meta.startswith("*20") and " → 2026-12-01T09:30:05.123456Z · " in meta
     assert "edited away" not in text and "An answer to it" not in text
