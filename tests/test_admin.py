@@ -418,7 +418,7 @@ def test_the_report_has_totals_per_group_checked_by_hand(admin_client: Client, d
     tokens_in, tokens_out = 1200 + 2530 + 5_000_000 + 100, 40 + 77 + 833_333 + 10
     assert by_group["Research"] == ["6", str(tokens_in), str(tokens_out), "1.253849", "2", "50.000000"]
     assert by_group[HOSTILE_TITLE][3:] == ["0.503849", "2", "none"]
-    assert by_group["Total"][3] == "1.757698" and "Nobody" not in by_group
+    assert "Total" not in by_group and "Nobody" not in by_group  # overlapping rows: no total (it would be 1.757698)
     shown = rows_of(page, "by-group", exact=False)  # the one money format on the page, the exact figure in its title
     assert shown["Research"][3:] == ["1.25", "2", "50.00"] and shown[HOSTILE_TITLE][3] == "0.50"
     assert by_group["Research"][3] == f"{october_costs(conversation__user__in=[data.ann, data.ben]):.6f}"
@@ -439,5 +439,5 @@ def test_the_group_csv_matches_the_page_with_its_budget(admin_client: Client, da
     tokens = ["input_tokens", "cache_read_tokens", "cache_write_tokens", "output_tokens"]
     assert header == ["group", "replies", *tokens, "cost_usd", "without_cost", "budget_usd"]
     csv_rows = {key: [n, i, o, cost, w, b] for key, n, i, _cr, _cw, o, cost, w, b in lines}
-    assert csv_rows["Research"][5] == "50.000000" and csv_rows[HOSTILE_TITLE][5] == "" and csv_rows["Total"][5] == ""
+    assert csv_rows["Research"][5] == "50.000000" and csv_rows[HOSTILE_TITLE][5] == "" and "Total" not in csv_rows
     assert csv_rows == {**page_rows, HOSTILE_TITLE: [*page_rows[HOSTILE_TITLE][:5], ""]}  # "none" on the page

@@ -84,8 +84,7 @@ def test_it_prints_the_per_group_totals_of_the_admin_report(admin_client: Client
     text = chat_costs("--since", "2026-10-01", "--until", "2026-10-31", "--by", "group")
     rows = terminal_rows(text)
     assert rows["Research"] == page["Research"] and rows["Research"][5] == "50.000000"
-    assert rows["Total"] == page["Total"][:5] and rows["Total"][3] == "1.757698"  # no budget on the total line
-    assert rows == {**page, "Total": page["Total"][:5]}
+    assert rows == page and "Total" not in rows  # overlapping rows: no total line, as on the page
     assert text.splitlines()[0].endswith("a user in several groups counts in each, so the rows can add up to more")
     exported = admin_client.get(REPORT, {**OCTOBER, "export": "group"}).content.decode()
     assert chat_costs("--since", "2026-10-01", "--until", "2026-10-31", "--by", "group", "--csv") == exported

@@ -206,7 +206,8 @@ def missing_cost_reason(reply: Message) -> str:
 def write_csv(rows: list[Row], out: IO[str], *, by: Grouping) -> None:
     writer = csv.writer(out)
     writer.writerow([column.format(by=by) for column in CSV_HEADER] + (["budget_usd"] if by == "group" else []))
-    for row in [*rows, sum_of(rows)]:
+    # Groups overlap (a person counts in each of theirs): a sum of their rows would count people twice.
+    for row in rows if by == "group" else [*rows, sum_of(rows)]:
         writer.writerow(row.csv_values(by=by))
 
 

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.auth.models import Group
 
 from chat.costs.money import usd
-from chat.models import Conversation, Message, Role, Status
+from chat.models import Conversation, GroupPolicy, Message, Role, Status
 from tests.browser.conftest import Tab, new_tab
 from tests.browser.test_chat_page import wait_until
 from tests.browser.test_live_rendering import CLOSING, CODE, CODE_REPLY
@@ -309,6 +310,12 @@ def exact(value: Decimal) -> str:
 def test_the_cost_report_screenshot_shows_a_month_of_priced_replies(admin_tab: Tab, user, django_user_model) -> None:
     bob = django_user_model.objects.create_user(username="bob", password="bob-test-password")
     replies = november([user, bob])
+    # Two teams, one person in both: the per-group rows overlap (docs/decisions/0037).
+    research, interns = Group.objects.create(name="Research"), Group.objects.create(name="Interns")
+    GroupPolicy.objects.create(group=research, monthly_usd=Decimal(5))
+    GroupPolicy.objects.create(group=interns, monthly_usd=Decimal(1), models=["openai:gpt-4o-mini"])
+    research.user_set.add(user, bob)
+    interns.user_set.add(user)
     by_user: dict[str, Decimal] = defaultdict(Decimal)
     by_model: dict[str, Decimal] = defaultdict(Decimal)
     by_day: dict[str, Decimal] = defaultdict(Decimal)
@@ -336,6 +343,13 @@ def test_the_cost_report_screenshot_shows_a_month_of_priced_replies(admin_tab: T
         titles = {row.get_attribute("data-key"): row.locator("td.cost").get_attribute("title") for row in rows.all()}
         assert titles == {key: exact(cost) for key, cost in expected.items()}, table
         assert page.locator(f"#{table} tfoot td.cost").inner_text() == usd(total), table
+
+    groups = {row.get_attribute("data-key"): row for row in page.locator("#by-group tbody tr").all()}
+    assert groups.keys() == {"Research", "Interns"}
+    assert groups["Research"].locator("td.cost").get_attribute("title") == exact(total)  # both its members
+    assert groups["Interns"].locator("td.cost").get_attribute("title") == exact(by_user["alice"])
+    assert groups["Interns"].locator("td.budget").inner_text() == "$1.00"
+    assert page.locator("#by-group tfoot").count() == 0  # overlapping rows have no total
 
     # A bar for each day of November; the working days' bars have the day's spend, and a height.
     bars = page.locator("#chart svg rect.bar")

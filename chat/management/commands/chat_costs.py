@@ -42,18 +42,22 @@ class Command(BaseCommand):
             return
         total = reports.sum_of(rows)
         header = [by, "replies", "input tokens", "output tokens", "cost (USD)", "without cost"]
-        lines = [cells(row) for row in [*rows, total]]
+        lines = [cells(row) for row in rows]
+        # Groups overlap (a person counts in each of theirs): their rows get no total line, which would
+        # count people twice; the admin report and its CSV leave it out too.
+        footer = [] if by == "group" else [cells(total)]
         if by == "group":
             header.append("monthly budget")
-            lines = [[*line, budget_cell(row)] for line, row in zip(lines, [*rows, None], strict=True)]
-        widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+            lines = [[*line, budget_cell(row)] for line, row in zip(lines, rows, strict=True)]
+        widths = [max(len(line[i]) for line in [header, *lines, *footer]) for i in range(len(header))]
         overlap = "; a user in several groups counts in each, so the rows can add up to more" if by == "group" else ""
         self.stdout.write(f"Costs per {by}, {period.since} to {period.until} (UTC){overlap}")
         self.stdout.write(format_line(header, widths))
-        for line in lines[:-1]:
+        for line in lines:
             self.stdout.write(format_line(line, widths))
-        self.stdout.write(format_line(["-" * width for width in widths], widths))
-        self.stdout.write(format_line(lines[-1], widths))
+        for line in footer:
+            self.stdout.write(format_line(["-" * width for width in widths], widths))
+            self.stdout.write(format_line(line, widths))
         if total.without_cost:
             self.stdout.write(f"{total.without_cost} finished replies have no cost (usage unknown or no price).")
 
@@ -69,10 +73,8 @@ def cells(row: reports.Row) -> list[str]:
     ]
 
 
-def budget_cell(row: reports.Row | None) -> str:
-    """A group's monthly budget; none on the total line, "none" for a group without one."""
-    if row is None:
-        return ""
+def budget_cell(row: reports.Row) -> str:
+    """A group's monthly budget, or "none" for a group without one."""
     return "none" if row.budget is None else reports.money(row.budget)
 
 
