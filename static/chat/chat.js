@@ -49,6 +49,7 @@ document.addEventListener("click", (event) => {
 document.addEventListener("keydown", (event) => {
   const box = event.target;
   if (event.key === "Escape") {
+    if (exportOpen()) { event.preventDefault(); setExport(false, { focus: true }); return; }
     if (drawerOpen()) { event.preventDefault(); setDrawer(false); return; }
     const editing = box instanceof Element && box.closest(".edit-form");
     if (editing) { event.preventDefault(); closeEdit(editing); return; }
@@ -176,6 +177,24 @@ document.addEventListener("click", (event) => {
   if (edit) { openEdit(edit); return; }
   const cancel = target.closest(".edit-cancel");
   if (cancel) closeEdit(cancel.closest(".edit-form"));
+});
+
+// --- the Export menu: its button opens it; Esc, a click elsewhere or a download closes it ---
+function setExport(open, { focus = false } = {}) {
+  const box = document.getElementById("export");
+  if (!box) return;
+  box.classList.toggle("open", open);
+  const toggle = box.querySelector(".export-toggle");
+  toggle.setAttribute("aria-expanded", String(open));
+  if (open) box.querySelector(".menu a").focus();
+  else if (focus) toggle.focus();
+}
+const exportOpen = () => Boolean(document.querySelector("#export.open"));
+document.addEventListener("click", (event) => {
+  const target = event.target instanceof Element ? event.target : null;
+  if (target && target.closest(".export-toggle")) { setExport(!exportOpen()); return; }
+  // A click outside the menu closes it; so does choosing a download.
+  if (exportOpen() && (!target || !target.closest("#export") || target.closest("#export .menu a"))) setExport(false);
 });
 
 // --- the conversations drawer, below 48rem: focus moves into it; Esc, a tap outside it or choosing a

@@ -174,13 +174,18 @@ def exported(user: Any) -> Conversation:
 def test_the_export_menu_downloads_markdown_and_json(tab: Tab, exported: Conversation) -> None:
     tab.open(f"/chat/{exported.pk}/")
     header = tab.page.locator(".chat-head")
-    # A <summary>: Chromium exposes it as a disclosure button; Playwright's roles have none for it.
-    control = header.get_by_text("Export", exact=True)
-    expect(control).to_have_accessible_name("Export")
+    control = header.get_by_role("button", name="Export")
+    assert control.get_attribute("aria-expanded") == "false"
     markdown_link = tab.page.get_by_role("link", name="Markdown")
     expect(markdown_link).to_be_hidden()
     control.click()
     expect(markdown_link).to_be_visible()
+    assert control.get_attribute("aria-expanded") == "true"
+    expect(markdown_link).to_be_focused()  # focus moves into the menu
+    tab.page.keyboard.press("Escape")
+    expect(markdown_link).to_be_hidden()
+    expect(control).to_be_focused()  # and back to its button
+    control.click()
 
     with tab.page.expect_download() as info:
         markdown_link.click()
@@ -191,6 +196,8 @@ def test_the_export_menu_downloads_markdown_and_json(tab: Tab, exported: Convers
     assert "How do I caramelise sugar?" in text and "Use a **torch**, and keep it moving." in text
     assert "<$0.0001" in text and "18 in · 9 out" in text  # the one money format: a tiny cost is not "$0"
 
+    expect(markdown_link).to_be_hidden()  # a download closes the menu
+    control.click()
     with tab.page.expect_download() as info:
         tab.page.get_by_role("link", name="JSON").click()
     download = info.value
@@ -232,7 +239,7 @@ def test_screenshots_of_the_groups_and_a_search(shot_tab: tuple[str, Tab], user)
 
     if name == "narrow":
         tab.page.keyboard.press("Escape")
-    tab.page.get_by_text("Export", exact=True).click()
+    tab.page.get_by_role("button", name="Export").click()
     expect(tab.page.get_by_role("link", name="JSON")).to_be_visible()
     tab.screenshot(f"find-export-{name}")
     assert (SCREENSHOTS / f"find-export-{name}.png").exists()
