@@ -155,6 +155,7 @@ def test_another_users_or_a_deleted_conversation_is_a_404(conversation, django_u
 
 def test_the_conversation_page_offers_the_export_menu(client, conversation) -> None:
     html = client.get(f"/chat/{conversation.pk}/").content.decode()
-    assert '<details class="export" id="export">\n  <summary>Export</summary>' in html
+    toggle = '<button type="button" class="export-toggle" aria-expanded="false" aria-controls="export-menu">'
+    assert f"{toggle}Export</button>" in html and '<div class="menu" id="export-menu">' in html
     assert f'<a href="/chat/{conversation.pk}/export.md" download>Markdown</a>' in html
     assert f'<a href="/chat/{conversation.pk}/export.json" download>JSON</a>' in html
