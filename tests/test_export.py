@@ -1,5 +1,6 @@
 """Export: a conversation's shown messages as Markdown and JSON downloads, the user's own only."""
 
+# ruff: noqa: F811 (the tests take test_views' fixtures, imported below, as arguments of the same names)
 from __future__ import annotations
 
 import json
@@ -12,20 +13,9 @@ from django.utils import timezone
 
 from chat import export
 from chat.models import Conversation, Message, Role, Status
+from tests.test_views import client, owner  # noqa: F401 (fixtures: a user and their logged-in client)
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def owner(django_user_model):
-    return django_user_model.objects.create_user(username="owner", password="a-long-test-password")
-
-
-@pytest.fixture
-def client(owner) -> Client:
-    client = Client()
-    client.force_login(owner)
-    return client
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """The sidebar's search: the user's own, shown text only; escaped excerpts; bounded queries; both databases."""
 
+# ruff: noqa: F811 (the tests take test_views' fixtures, imported below, as arguments of the same names)
 from __future__ import annotations
 
 import re
@@ -11,26 +12,14 @@ from django.utils import timezone
 
 from chat import search
 from chat.models import Conversation, Message, Role, Status
+from tests.test_views import HTMX, client, owner  # noqa: F401 (fixtures: a user and their logged-in client)
 
 pytestmark = pytest.mark.django_db
 
-HTMX = {"HX-Request": "true"}
 ON_POSTGRESQL = pytest.mark.skipif(
     connection.vendor != "postgresql", reason="full-text search (ranking, stemming, ts_headline) is PostgreSQL's"
 )
 ON_SQLITE = pytest.mark.skipif(connection.vendor != "sqlite", reason="the plain contains search is SQLite's path")
-
-
-@pytest.fixture
-def owner(django_user_model):
-    return django_user_model.objects.create_user(username="owner", password="a-long-test-password")
-
-
-@pytest.fixture
-def client(owner) -> Client:
-    client = Client()
-    client.force_login(owner)
-    return client
 
 
 def chat(user, title: str, *texts: str) -> Conversation:
