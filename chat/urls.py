@@ -2,7 +2,7 @@
 
 from django.urls import path
 
-from chat import views
+from chat import pages, views
 
 app_name = "chat"
 urlpatterns = [
@@ -21,8 +21,8 @@ urlpatterns = [
     path("replies/<int:message_id>/stop/", views.stop_reply, name="stop"),
     path("replies/<int:message_id>/regenerate/", views.regenerate_reply, name="regenerate"),
     path("replies/<int:message_id>/continue/", views.continue_reply, name="continue"),
-    path("usage/", views.usage_page, name="usage"),
-    path("search/", views.search_conversations, name="search"),
-    path("<int:conversation_id>/export.md", views.export_markdown, name="export_markdown"),
-    path("<int:conversation_id>/export.json", views.export_json, name="export_json"),
+    path("usage/", pages.usage_page, name="usage"),
+    path("search/", pages.search_conversations, name="search"),
+    path("<int:conversation_id>/export.md", pages.export_markdown, name="export_markdown"),
+    path("<int:conversation_id>/export.json", pages.export_json, name="export_json"),
 ]

@@ -12,12 +12,9 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import aget_object_or_404, get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils.http import content_disposition_header
 from django.views.decorators.http import require_GET, require_POST
 
-from chat import export, search
 from chat.costs import limits
-from chat.costs.usage import usage_of
 from chat.forms import MessageForm, NewConversationForm, RenameForm, SettingsForm
 from chat.models import Conversation, Message, NotTheLatestReply, ReplyInProgress, Role
 from chat.sidebar import BadPosition, Sidebar
@@ -55,6 +52,12 @@ def page_context(request: HttpRequest, conversation: Conversation | None = None,
         "no_model": "" if models else f"No model is available to you: {access.none_available()}",
         **extra,
     }
+
+
+def new_chat_form(request: HttpRequest) -> NewConversationForm:
+    """The first page's composer, on the user's default model."""
+    access = model_access(request)
+    return NewConversationForm(initial={"model": access.default()}, access=access)
 
 
 def model_refused(request: HttpRequest, model: str) -> str | None:
@@ -143,7 +146,7 @@ def with_composer(request: HttpRequest, conversation: Conversation, form: Messag
 @login_required
 def index(request: HttpRequest) -> HttpResponse:
     """The start page; with ?before=, the sidebar's next page of older conversations."""
-    form = NewConversationForm(initial={"model": model_access(request).default()}, access=model_access(request))
+    form = new_chat_form(request)
     context = page_context(request, form=form)
     if before := request.GET.get("before"):
         try:
@@ -377,43 +380,3 @@ def demo_login(request: HttpRequest) -> HttpResponse:
         user.save(update_fields=["password"])
     login(request, user, backend="django.contrib.auth.backends.ModelBackend")
     return redirect("chat:index")
-
-
-@login_required
-@require_GET
-def usage_page(request: HttpRequest) -> HttpResponse:
-    """The user's own spend: this month and last, by day and by model, and what is left of the budget."""
-    return render(request, "chat/usage.html", {"usage": usage_of(request.user, month=request.GET.get("month"))})
-
-
-@login_required
-@require_GET
-def search_conversations(request: HttpRequest) -> HttpResponse:
-    """The sidebar's search: for htmx, the results to put over the list; without JavaScript, the first page
-    with them in the sidebar."""
-    found = search.find(request.user, request.GET.get("q", ""))
-    if request.htmx:
-        return render(request, f"{PAGE}#search_results", {"found": found})
-    form = NewConversationForm(initial={"model": model_access(request).default()}, access=model_access(request))
-    return render(request, "chat/index.html", page_context(request, form=form, found=found))
-
-
-def exported(request: HttpRequest, conversation_id: int, extension: str, content_type: str) -> HttpResponse:
-    """The user's conversation and its shown messages as a download (hidden ones left out, as on the page)."""
-    conversation = users_conversation(request, conversation_id)
-    build = export.as_markdown if extension == "md" else export.as_json
-    response = HttpResponse(build(conversation, list(conversation.messages.shown())), content_type=content_type)
-    response["Content-Disposition"] = content_disposition_header(True, export.filename(conversation, extension))
-    return response
-
-
-@login_required
-@require_GET
-def export_markdown(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    return exported(request, conversation_id, "md", "text/markdown; charset=utf-8")
-
-
-@login_required
-@require_GET
-def export_json(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    return exported(request, conversation_id, "json", "application/json; charset=utf-8")

@@ -487,9 +487,9 @@ document.addEventListener("htmx:sseOpen", clearRestarting);
 // --- sending: the typed text stays in the box unless the message was accepted ---
 document.addEventListener("htmx:beforeRequest", (event) => {
   const elt = event.detail.elt;
-  if (elt.classList.contains("edit-form")) { say(""); pinned = true; ourTop = -1; return; }
-  if (elt.id !== "composer") return;
-  if (!restartSaid) say(""); // a retry keeps saying why until an answer comes
+  const editing = elt.classList.contains("edit-form");
+  if (!editing && elt.id !== "composer") return;
+  if (editing || !restartSaid) say(""); // a retry of a send keeps saying why until an answer comes
   pinned = true;
   ourTop = -1;
 });
